@@ -1,0 +1,117 @@
+"""The command line: train writes a run folder, evaluate prints the numbers, errors are one line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vae_utils import data as data_module
+from vae_utils.__main__ import main
+from vae_utils.checkpoint import load_checkpoint
+
+
+def write_idx(path: Path, tensor: torch.Tensor) -> None:
+    """uint8 tensor -> gzipped idx file (magic 00 00 08 ndim, big-endian dims, bytes)."""
+    header = bytes([0, 0, 0x08, tensor.dim()]) + b"".join(int(d).to_bytes(4, "big") for d in tensor.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(header + bytes(tensor.flatten().tolist())))
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path, monkeypatch):
+    """A folder with small Fashion-MNIST-named idx files; the default locations point at empty folders."""
+    monkeypatch.setattr(data_module, "SYSTEM_DATA_DIR", tmp_path / "system")
+    monkeypatch.setattr(data_module, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.delenv("VAE_DATA_DIR", raising=False)
+    folder = tmp_path / "idx"
+    g = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", 192), ("t10k", 48)):
+        labels = torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8)
+        rows = torch.arange(28).view(1, 28, 1)
+        images = ((rows // 3 == labels.view(n, 1, 1)).expand(n, 28, 28) * 230 + 10).to(torch.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def train_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data-dir", str(data_dir), "--out", str(out), "--latent-dim", "2", "--hidden-dims", "32",
+            "--batch-size", "64", "--lr", "3e-3", "--device", "cpu", "--no-download", *extra]
+
+
+def test_train_writes_the_run_folder_and_evaluate_prints_the_numbers(tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "runs" / "tiny"
+    assert main(train_args(tiny_data_dir, out, "--epochs", "2")) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "test ELBO" in printed
+
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "history.json", "reconstructions.png",
+                                                      "samples.png"]
+    history = json.loads((out / "history.json").read_text())
+    assert history["epoch"] == [1, 2] and len(history["test_elbo"]) == 2
+    checkpoint = load_checkpoint(out / "checkpoint.pt", device="cpu")
+    assert checkpoint.model.config.latent_dim == 2 and checkpoint.model.config.hidden_dims == (32,)
+    assert checkpoint.train_config.epochs == 2 and checkpoint.history.to_dict() == history
+    assert checkpoint.metadata["dataset"] == "fashion-mnist"
+
+    from matplotlib.image import imread
+
+    samples, reconstructions = imread(out / "samples.png"), imread(out / "reconstructions.png")
+    assert samples.shape[:2] == (8 * 30 + 2, 8 * 30 + 2)  # 8 x 8 grid of 28 px images, 2 px padding
+    assert reconstructions.shape[:2] == (4 * 30 + 2, 16 * 30 + 2)  # originals / reconstructions rows
+
+    assert main(["evaluate", str(out), "--k", "20"]) == 0
+    printed = capsys.readouterr().out
+    elbo = float(re.search(r"test ELBO: (-?[\d.]+) nats", printed).group(1))
+    log_px = float(re.search(r"K=20\): (-?[\d.]+) nats", printed).group(1))
+    assert elbo == pytest.approx(history["test_elbo"][-1], abs=0.01)  # same binarization and seed as fit
+    assert elbo < log_px < 0  # the importance-weighted estimate is the tighter bound
+
+
+def test_quick_mode_defaults_to_one_epoch(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VAE_TUTORIAL_QUICK", "1")
+    out = tmp_path / "quick"
+    assert main(train_args(tiny_data_dir, out, "--limit", "100")) == 0
+    assert json.loads((out / "history.json").read_text())["epoch"] == [1]
+    assert "on 100 fashion-mnist images" in capsys.readouterr().out
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_errors_are_one_line_with_status_2(tiny_data_dir, tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "no-such-run")]) == 2
+    assert "python -m vae_utils train --out" in _one_line_error(capsys)
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "checkpoint.pt").write_text("not a checkpoint")
+    assert main(["evaluate", str(bad)]) == 2
+    assert "truncated, corrupt or not a torch file" in _one_line_error(capsys)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", "--data-dir", str(empty), "--out", str(tmp_path / "x"), "--no-download"]) == 2
+    message = _one_line_error(capsys)
+    assert "apt-get install dataset-fashion-mnist" in message and "VAE_DATA_DIR" in message
+    assert not (tmp_path / "x").exists()
+
+    assert main(["train", "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "y"), "--latent-dim", "0"]) == 2
+    assert "latent_dim" in _one_line_error(capsys)
+
+
+def test_python_dash_m_exit_status(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vae_utils", "evaluate", str(tmp_path / "missing")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no checkpoint at") and "Traceback" not in result.stderr

@@ -1,0 +1,196 @@
+"""Command line: train a VAE and evaluate it.
+
+    python -m vae_utils train --dataset fashion-mnist --epochs 10 --out runs/NAME
+    python -m vae_utils evaluate runs/NAME [--k 5000]
+
+``train`` writes ``checkpoint.pt``, ``samples.png``, ``reconstructions.png`` and ``history.json`` into
+the run folder; ``evaluate`` prints the test ELBO and the importance-weighted log-likelihood estimate.
+With ``VAE_TUTORIAL_QUICK=1`` the defaults shrink (1 epoch, K=100); explicit options still win.
+Errors a user can fix (missing data, a bad checkpoint, a missing run folder) print one line and exit
+with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data import DATASET_NAMES, DatasetNotFoundError, IdxFormatError, ImageDataset, load_dataset
+from .device import pick_device
+from .model import VAE, VAEConfig
+from .training import TrainConfig, TrainingDivergedError, evaluate_elbo, fit
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed as one line, exit status 2."""
+
+
+def _quick() -> bool:
+    return os.environ.get("VAE_TUTORIAL_QUICK") == "1"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vae_utils", description="Train and evaluate variational autoencoders."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate}")
+
+    train = commands.add_parser("train", help="train a VAE and write a run folder")
+    train.add_argument("--dataset", default="fashion-mnist", choices=DATASET_NAMES)
+    train.add_argument("--epochs", type=int, default=None, help="default 10 (1 with VAE_TUTORIAL_QUICK=1)")
+    train.add_argument("--out", required=True, type=Path, help="run folder, e.g. runs/NAME")
+    train.add_argument("--latent-dim", type=int, default=20)
+    train.add_argument("--architecture", default="mlp", choices=("mlp", "conv"))
+    train.add_argument("--hidden-dims", type=int, nargs="+", default=None,
+                       help="MLP widths or conv channels (default 400 for mlp, 32 64 for conv)")
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--beta", type=float, default=1.0)
+    train.add_argument("--kl-warmup-epochs", type=float, default=0)
+    train.add_argument("--no-binarize", action="store_true", help="train on gray levels (no dynamic binarization)")
+    train.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
+    train.add_argument("--seed", type=int, default=0)
+    _add_data_options(train)
+
+    evaluate = commands.add_parser("evaluate", help="print the test ELBO and log-likelihood of a run")
+    evaluate.add_argument("run", type=Path, help="run folder written by train (or its checkpoint.pt)")
+    evaluate.add_argument("--k", type=int, default=None, help="importance samples (default 5000; 100 quick)")
+    evaluate.add_argument("--batch-size", type=int, default=None)
+    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--seed", type=int, default=0)
+    _add_data_options(evaluate)
+    return parser
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=None, help="folder with the idx files (searched first)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
+    parser.add_argument("--no-download", action="store_true", help="never download the data set")
+
+
+def _load(name: str, split: str, args, device: torch.device) -> ImageDataset:
+    data = load_dataset(name, split, root=args.data_dir, device=device, download=False if args.no_download else None)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise CLIError(f"--limit must be a positive number of images, got {args.limit}.")
+        data = data.subset(min(args.limit, len(data)))
+    return data
+
+
+def _device(name: str | None) -> torch.device:
+    try:
+        return pick_device(name)
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise CLIError(str(err)) from None
+
+
+def _save_grid(path: Path, images: torch.Tensor, nrow: int) -> None:
+    """images: [N, 1, H, W] in [0, 1] -> a PNG grid (matplotlib's imsave: no pyplot, no backend)."""
+    from matplotlib.image import imsave
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.detach().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
+    imsave(path, grid.permute(1, 2, 0).numpy())
+
+
+def train(args) -> int:
+    device = _device(args.device)
+    epochs = args.epochs if args.epochs is not None else (1 if _quick() else 10)
+    try:
+        model_config = VAEConfig(latent_dim=args.latent_dim, architecture=args.architecture,
+                                 hidden_dims=tuple(args.hidden_dims) if args.hidden_dims else None)
+        train_config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
+                                   kl_warmup_epochs=args.kl_warmup_epochs, seed=args.seed,
+                                   binarize=not args.no_binarize, device=str(device))
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    train_data = _load(args.dataset, "train", args, device)
+    test_data = _load(args.dataset, "test", args, device)
+
+    torch.manual_seed(args.seed)
+    model = VAE(model_config)
+    print(f"training a {args.architecture} VAE (latent {args.latent_dim}) on {len(train_data):,} "
+          f"{args.dataset} images for {epochs} epoch(s) on {device}", flush=True)
+    result = fit(model, train_data, test_data, train_config)
+    model, history = result.model, result.history
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = {"dataset": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None,
+                "limit": args.limit, "interrupted": result.interrupted}
+    save_checkpoint(out / CHECKPOINT_NAME, model, result.optimizer, history, train_config, metadata)
+    (out / "history.json").write_text(json.dumps(history.to_dict(), indent=2) + "\n")
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    _save_grid(out / "samples.png", model.sample(64, generator=generator), nrow=8)
+    x = test_data.subset(min(32, len(test_data))).float_images()
+    reconstructions = model.reconstruct(x)
+    rows = [t for pair in zip(x.split(16), reconstructions.split(16)) for t in pair]  # originals above reconstructions
+    _save_grid(out / "reconstructions.png", torch.cat(rows), nrow=16)
+
+    last = history.last()
+    if result.interrupted:
+        print(f"interrupted after {len(history)} complete epoch(s); saved them to {out}", flush=True)
+    if last:
+        test = f", test ELBO {last['test_elbo']:.2f}" if last["test_elbo"] is not None else ""
+        print(f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.2f}{test} nats per image")
+    print(f"wrote {out / CHECKPOINT_NAME}, samples.png, reconstructions.png, history.json")
+    return 130 if result.interrupted else 0
+
+
+def evaluate(args) -> int:
+    run: Path = args.run
+    path = run if run.is_file() else run / CHECKPOINT_NAME
+    if not path.exists():
+        raise CLIError(
+            f"no checkpoint at {path}: {'the run folder ' + str(run) + ' does not exist' if not run.exists() else 'the folder has no ' + CHECKPOINT_NAME}; "
+            f"train one with: python -m vae_utils train --out {run}"
+        )
+    device = _device(args.device)
+    checkpoint = load_checkpoint(path, device=device)
+    k = args.k if args.k is not None else (100 if _quick() else 5000)
+    if k < 1:
+        raise CLIError(f"--k must be at least 1, got {k}.")
+    dataset = checkpoint.metadata.get("dataset", "fashion-mnist")
+    if args.data_dir is None and checkpoint.metadata.get("data_dir"):
+        args.data_dir = Path(checkpoint.metadata["data_dir"])  # only searched first; the usual places follow
+    test_data = _load(dataset, "test", args, device)
+    binarize = checkpoint.train_config.binarize if checkpoint.train_config is not None else True
+    binarize_seed = 0 if binarize else None
+
+    from .evaluation import estimate_log_likelihood
+
+    model = checkpoint.model
+    elbo = evaluate_elbo(model, test_data, binarize_seed=binarize_seed, seed=args.seed)
+    log_px = estimate_log_likelihood(model, test_data, k=k, batch_size=args.batch_size,
+                                     seed=args.seed, binarize_seed=binarize_seed)
+    n = len(test_data)
+    print(f"{path}: {dataset} test set, {n:,} images{' (binarized, seed 0)' if binarize else ''}")
+    print(f"test ELBO: {elbo['elbo']:.2f} nats per image "
+          f"(reconstruction {elbo['reconstruction']:.2f}, KL {elbo['kl']:.2f})")
+    print(f"log p(x) importance-weighted estimate (K={k}): {log_px.mean().item():.2f} nats per image")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m vae_utils`` and the ``vae-utils`` script. Returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return train(args) if args.command == "train" else evaluate(args)
+    except (CLIError, CheckpointError, DatasetNotFoundError, IdxFormatError, TrainingDivergedError) as err:
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        if isinstance(err, DatasetNotFoundError):
+            message += " (On the command line: --data-dir DIR plays the part of root=, and downloading is allowed unless --no-download is given.)"
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

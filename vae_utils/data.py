@@ -1,0 +1,459 @@
+"""Image data sets held as one tensor on the device, and the idx files they come from.
+
+The whole set lives in memory as ``uint8 [N, 1, 28, 28]`` on the training device (47 MB for
+Fashion-MNIST's 60,000 training images), so a batch is one ``index_select`` with a slice of a
+``randperm`` -- no ``DataLoader``, no per-sample Python loop, and on a GPU the data never leaves it.
+
+Where the files are looked for, in order (the first folder that has the two files of a split wins):
+
+1. the ``root`` argument,
+2. ``$VAE_DATA_DIR``,
+3. ``/usr/share/datasets/<name>`` (Debian's ``dataset-fashion-mnist`` installs Fashion-MNIST there),
+4. ``~/.cache/vae_utils/<name>`` (where downloads go),
+
+and in each of them also the sub-folders ``<name>/`` and torchvision's ``FashionMNIST/raw/`` or
+``MNIST/raw/``. If nothing is found and downloading is allowed, torchvision downloads the set into the
+cache folder; offline, :class:`DatasetNotFoundError` says where it looked and how to get the data.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "MNIST_CLASSES",
+    "DATASET_NAMES",
+    "DatasetNotFoundError",
+    "IdxFormatError",
+    "ImageDataset",
+    "load_dataset",
+    "read_idx",
+]
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+MNIST_CLASSES = [str(digit) for digit in range(10)]
+
+# name -> (class names, torchvision class name, which is also torchvision's folder name)
+_DATASETS = {
+    "fashion-mnist": (FASHION_MNIST_CLASSES, "FashionMNIST"),
+    "mnist": (MNIST_CLASSES, "MNIST"),
+}
+DATASET_NAMES = tuple(_DATASETS)
+_SPLIT_PREFIX = {"train": "train", "test": "t10k"}
+
+# Module attributes (not constants baked into functions) so tests can point them at empty folders.
+SYSTEM_DATA_DIR = Path("/usr/share/datasets")
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vae_utils"
+APT_PACKAGE = "dataset-fashion-mnist"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The data set's idx files were not found anywhere and could not be downloaded."""
+
+
+class IdxFormatError(ValueError):
+    """An idx file is corrupt, truncated or not an idx file."""
+
+
+# --------------------------------------------------------------------------------------------
+# idx files
+# --------------------------------------------------------------------------------------------
+
+# idx type code -> (torch dtype, bytes per element). Multi-byte types are big-endian on disk.
+_IDX_TYPES = {
+    0x08: (torch.uint8, 1),
+    0x09: (torch.int8, 1),
+    0x0B: (torch.int16, 2),
+    0x0C: (torch.int32, 4),
+    0x0D: (torch.float32, 4),
+    0x0E: (torch.float64, 8),
+}
+
+
+def read_idx(path: str | os.PathLike) -> torch.Tensor:
+    """Read an idx file (the MNIST format), plain or gzip-compressed, into a CPU tensor.
+
+    Returns a new tensor of the stored dtype and shape, e.g. ``uint8 [60000, 28, 28]`` for an
+    images file and ``uint8 [60000]`` for a labels file. Gzip is detected from the file's first
+    bytes, not its name. Parsed files are cached in-process (keyed on path, size and modification
+    time), so reading the same file again is a copy, not a parse.
+
+    Raises :class:`IdxFormatError` when the file is corrupt or truncated (bad magic number, unknown
+    type code, dimensions that do not match the amount of data, broken gzip stream), and
+    ``FileNotFoundError`` when it does not exist.
+    """
+    return _read_idx_cached(*_cache_key(path)).clone()
+
+
+def _cache_key(path: str | os.PathLike) -> tuple[str, int, int]:
+    resolved = Path(path).expanduser().resolve()
+    stat = resolved.stat()  # FileNotFoundError for a missing file, as it should be
+    return str(resolved), stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=16)
+def _read_idx_cached(path: str, size: int, mtime_ns: int) -> torch.Tensor:
+    """Parse ``path``; ``size`` and ``mtime_ns`` are only part of the cache key."""
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise IdxFormatError(
+                f"{path} is a corrupt or truncated gzip file ({err}). "
+                "Delete it and download or copy the file again."
+            ) from None
+    return _parse_idx(raw, path)
+
+
+def _parse_idx(raw: bytes, path: str) -> torch.Tensor:
+    fix = "Delete it and download or copy the file again."
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0:
+        raise IdxFormatError(
+            f"{path} is not an idx file: its first 4 bytes {raw[:4].hex(' ') or '(none)'} are not an "
+            "idx magic number (00 00 <type code> <number of dimensions>). " + fix
+        )
+    dtype, itemsize = _IDX_TYPES[raw[2]]
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise IdxFormatError(f"{path} is truncated: it ends inside its header. " + fix)
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    count = 1
+    for dim in shape:
+        count *= dim
+    expected = header + count * itemsize
+    if len(raw) != expected:
+        problem = "truncated" if len(raw) < expected else "longer than its header says"
+        raise IdxFormatError(
+            f"{path} is {problem}: dimensions {shape} need {expected:,} bytes, the file has "
+            f"{len(raw):,} (uncompressed). " + fix
+        )
+    if count == 0:
+        return torch.empty(shape, dtype=dtype)
+    # frombuffer needs a writable buffer to avoid a warning; bytearray copies once, which we need anyway.
+    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=header, count=count * itemsize)
+    if itemsize > 1:  # big-endian on disk -> native (little-endian) order
+        data = data.view(count, itemsize).flip(-1).contiguous().view(-1)
+    return data.view(dtype).reshape(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# The data set
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageDataset:
+    """A whole image data set as tensors on one device.
+
+    Attributes:
+        images: ``uint8 [N, 1, 28, 28]``, gray levels 0..255 (a binarized set holds only 0 and 255).
+        labels: ``int64 [N]``, class indices into ``classes``.
+        classes: class names.
+        name: e.g. ``"fashion-mnist/train"``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(
+                f"ImageDataset.images must be uint8 [N, C, H, W] (gray levels 0..255); got "
+                f"{self.images.dtype} {list(self.images.shape)}. Convert float images in [0, 1] with "
+                "(x * 255).round().to(torch.uint8) and add a channel dim with x.unsqueeze(1)."
+            )
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(
+                f"ImageDataset.labels must have shape [N] = [{self.images.shape[0]}]; "
+                f"got {list(self.labels.shape)}."
+            )
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageDataset(name={self.name!r}, images=uint8 {list(self.images.shape)}, "
+            f"classes={len(self.classes)}, device={self.device})"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)``"""
+        return tuple(self.images.shape[1:])
+
+    def to(self, device: str | torch.device) -> ImageDataset:
+        """This data set with its tensors on ``device`` (``self`` if already there)."""
+        device = torch.device(device)
+        if self.images.device == device or (
+            device.index is None and self.images.device.type == device.type
+        ):
+            return self
+        return ImageDataset(self.images.to(device), self.labels.to(device), self.classes, self.name)
+
+    def float_images(self) -> torch.Tensor:
+        """All images as ``float32 [N, 1, 28, 28]`` in [0, 1] (a new tensor)."""
+        return self.images.float().div_(255)
+
+    def subset(self, n_or_index: int | slice | torch.Tensor | list[int]) -> ImageDataset:
+        """The first ``n`` examples (an int), or the examples picked by a slice, index list or tensor."""
+        if isinstance(n_or_index, int):
+            if not 0 <= n_or_index <= len(self):
+                raise ValueError(f"subset({n_or_index}): n must be in 0..{len(self)}.")
+            index: slice | torch.Tensor = slice(0, n_or_index)
+        elif isinstance(n_or_index, slice):
+            index = n_or_index
+        else:
+            index = torch.as_tensor(n_or_index, dtype=torch.long, device=self.device)
+        return ImageDataset(self.images[index], self.labels[index], self.classes, self.name)
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = True,
+        generator: torch.Generator | None = None,
+        binarize: bool = False,
+        drop_last: bool = False,
+    ) -> Iterator[torch.Tensor]:
+        """Yield ``x: float32 [B, 1, 28, 28]`` in [0, 1], one pass over the data set.
+
+        The order comes from one ``randperm`` on the data's device, so each example appears exactly
+        once per pass; batches are ``index_select`` on the uint8 tensor, converted to float on the fly.
+        With ``binarize=True`` every pixel is redrawn as ``Bernoulli(x)`` each time it is served
+        (dynamic binarization). ``generator`` drives both the order and the binarization; one on a
+        different device than the data is used to seed one on the data's device.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+        n = len(self)
+        generator = _generator_on(self.device, generator)
+        order = torch.randperm(n, device=self.device, generator=generator) if shuffle else None
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            if order is None:
+                x = self.images[start : start + batch_size]
+            else:
+                x = self.images.index_select(0, order[start : start + batch_size])
+            x = x.float().div_(255)
+            yield torch.bernoulli(x, generator=generator) if binarize else x
+
+    def binarized(self, seed: int = 0) -> ImageDataset:
+        """A fixed stochastic binarization: each pixel is 255 with probability ``gray/255``, else 0.
+
+        The same seed gives the same images on the same device, so a test set binarized this way is a
+        fixed evaluation set (as in the IWAE paper's dynamically binarized MNIST).
+        """
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        binary = torch.bernoulli(self.float_images(), generator=generator).to(torch.uint8).mul_(255)
+        return ImageDataset(binary, self.labels, self.classes, f"{self.name} (binarized, seed {seed})")
+
+
+def _generator_on(device: torch.device, generator: torch.Generator | None) -> torch.Generator | None:
+    """``generator`` if it lives on ``device``; otherwise a generator on ``device`` seeded from it."""
+    if generator is None or generator.device.type == device.type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and loading the files
+# --------------------------------------------------------------------------------------------
+
+
+def load_dataset(
+    name: str = "fashion-mnist",
+    split: str = "train",
+    root: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    download: bool | None = None,
+) -> ImageDataset:
+    """Load Fashion-MNIST or MNIST as an :class:`ImageDataset` on ``device``.
+
+    Args:
+        name: ``"fashion-mnist"`` (default) or ``"mnist"``.
+        split: ``"train"`` (60,000 images) or ``"test"`` (10,000 images).
+        root: a folder to look in first (holding the idx files, or ``<name>/`` or torchvision's
+            ``FashionMNIST/raw/`` / ``MNIST/raw/`` with them).
+        device: where the tensors go; ``None`` picks cuda, then mps, then cpu (``pick_device``).
+        download: allow torchvision to download the set into ``~/.cache/vae_utils/<name>`` when it is
+            not found locally. ``None`` (default) means allowed; pass ``False`` to never go online.
+
+    Returns ``ImageDataset`` with ``images: uint8 [N, 1, 28, 28]`` and ``labels: int64 [N]``.
+
+    Raises ``ValueError`` for an unknown name or split, :class:`DatasetNotFoundError` when the files
+    are nowhere to be found (the message lists the places searched and three ways to fix it), and
+    :class:`IdxFormatError` for a corrupt file.
+    """
+    from .device import pick_device
+
+    key = name.lower().replace("_", "-")
+    key = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist"}.get(key, key)
+    if key not in _DATASETS:
+        raise ValueError(
+            f"Unknown dataset {name!r}. Valid names: {', '.join(repr(n) for n in DATASET_NAMES)}."
+        )
+    if split not in _SPLIT_PREFIX:
+        raise ValueError(f"Unknown split {split!r}. Valid splits: 'train', 'test'.")
+    classes, _ = _DATASETS[key]
+
+    searched: list[Path] = []
+    files = _find_split(key, split, root, searched)
+    download_error = None
+    if files is None and download is not False:
+        download_error = _download(key)
+        if download_error is None:
+            files = _find_split(key, split, None, [])
+    if files is None:
+        raise DatasetNotFoundError(_not_found_message(key, split, searched, download, download_error))
+
+    images_path, labels_path = files
+    images = _read_idx_cached(*_cache_key(images_path))
+    labels = _read_idx_cached(*_cache_key(labels_path))
+    if images.dim() != 3 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
+        raise IdxFormatError(
+            f"{images_path} ({list(images.shape)}) and {labels_path} ({list(labels.shape)}) do not "
+            "form an image set: expected images [N, H, W] and labels [N] with the same N."
+        )
+    device = pick_device(device)
+    # copy=True: the cached tensors stay private even on the CPU, so changing the data set in place
+    # cannot change what the next load_dataset returns.
+    return ImageDataset(
+        images=images.unsqueeze(1).to(device, copy=True),
+        labels=labels.to(device=device, dtype=torch.int64, copy=True),
+        classes=list(classes),
+        name=f"{key}/{split}",
+    )
+
+
+def _candidate_dirs(name: str, root: str | os.PathLike | None) -> list[Path]:
+    """Folders to search, in order. Dataset-specific sub-folders come before the folder itself, so a
+    folder holding both ``mnist/`` and ``fashion-mnist/`` gives the right one."""
+    _, tv_name = _DATASETS[name]
+    bases: list[Path] = []
+    if root is not None:
+        bases.append(Path(root).expanduser())
+    env = os.environ.get("VAE_DATA_DIR")
+    if env:
+        bases.append(Path(env).expanduser())
+    dirs: list[Path] = []
+    for base in bases:
+        dirs += [base / name, base / tv_name / "raw", base]
+    system = Path(SYSTEM_DATA_DIR) / name
+    cache = Path(CACHE_DIR) / name
+    dirs += [system, system / tv_name / "raw", cache, cache / tv_name / "raw"]
+    unique: list[Path] = []
+    for d in dirs:
+        if d not in unique:
+            unique.append(d)
+    return unique
+
+
+def _find_split(
+    name: str, split: str, root: str | os.PathLike | None, searched: list[Path]
+) -> tuple[Path, Path] | None:
+    prefix = _SPLIT_PREFIX[split]
+    for folder in _candidate_dirs(name, root):
+        searched.append(folder)
+        images = _find_file(folder, f"{prefix}-images-idx3-ubyte")
+        labels = _find_file(folder, f"{prefix}-labels-idx1-ubyte")
+        if images is not None and labels is not None:
+            return images, labels
+    return None
+
+
+def _find_file(folder: Path, stem: str) -> Path | None:
+    # The plain file first: it is what torchvision leaves next to the .gz, and it reads faster.
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _download(name: str) -> str | None:
+    """Download ``name`` with torchvision into the cache folder; ``None`` on success, else why not."""
+    _, tv_name = _DATASETS[name]
+    target = Path(CACHE_DIR) / name
+    try:
+        import torchvision.datasets
+
+        dataset_class = getattr(torchvision.datasets, tv_name)
+        target.mkdir(parents=True, exist_ok=True)
+        for train in (True, False):
+            dataset_class(root=str(target), train=train, download=True)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: BLE001 -- never let a torchvision traceback escape
+        _remove_empty_dirs(target)
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(err).__name__
+        return f"{type(err).__name__}: {reason}"
+    return None
+
+
+def _remove_empty_dirs(folder: Path) -> None:
+    """Undo the empty ``<name>/FashionMNIST/raw`` tree a failed download leaves behind."""
+    if not folder.is_dir():
+        return
+    for sub in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if sub.is_dir() and not any(sub.iterdir()):
+            sub.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _not_found_message(
+    name: str, split: str, searched: list[Path], download: bool | None, download_error: str | None
+) -> str:
+    prefix = _SPLIT_PREFIX[split]
+    files = f"{prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz]"
+    looked = "\n".join(f"  - {folder}" for folder in searched)
+    if download is False:
+        tried = "Downloading was not attempted (download=False)."
+    else:
+        tried = f"Downloading with torchvision failed ({download_error})."
+    if name == "fashion-mnist":
+        apt = f"  1. Install it offline: sudo apt-get install {APT_PACKAGE}  (puts it in {SYSTEM_DATA_DIR / name})"
+    else:
+        apt = (
+            f"  1. Use Fashion-MNIST instead, which installs offline: sudo apt-get install {APT_PACKAGE}, "
+            "then load_dataset('fashion-mnist')"
+        )
+    return (
+        f"Could not find the {name} {split} files ({files}). Looked in:\n{looked}\n{tried}\n"
+        "To fix this, do one of:\n"
+        f"{apt}\n"
+        "  2. Put the four idx files (train-/t10k-images-idx3-ubyte, train-/t10k-labels-idx1-ubyte, "
+        ".gz or not) in a folder and pass load_dataset(..., root='that/folder') or set VAE_DATA_DIR "
+        "to it.\n"
+        "  3. Go online and call load_dataset(..., download=True); torchvision downloads it into "
+        f"{Path(CACHE_DIR) / name}."
+    )
