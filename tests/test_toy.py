@@ -1,0 +1,135 @@
+"""The toy models against exact answers: closed forms, torch.distributions, and quadrature vs closed form."""
+
+import math
+
+import pytest
+import torch
+
+from vae_utils.toy import LatentGrid, LinearGaussianModel, NonlinearGaussianModel, gaussian_kl_between
+
+F64 = torch.float64
+
+
+@pytest.fixture
+def generator():
+    return torch.Generator().manual_seed(0)
+
+
+def random_linear_model(generator, data_dim=3, latent_dim=2, noise_std=0.6):
+    weight = torch.randn(data_dim, latent_dim, generator=generator, dtype=F64)
+    bias = torch.randn(data_dim, generator=generator, dtype=F64)
+    return LinearGaussianModel(weight, bias, noise_std)
+
+
+def test_linear_log_joint_matches_torch_distributions(generator):
+    model = random_linear_model(generator)
+    x, _ = model.sample(4, generator)
+    z = torch.randn(5, 4, 2, generator=generator, dtype=F64)
+    prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    likelihood = torch.distributions.Normal(model.decoder_mean(z), model.noise_std).log_prob(x).sum(-1)
+    assert model.log_joint(x, z).shape == (5, 4)
+    torch.testing.assert_close(model.log_joint(x, z), prior + likelihood)
+
+
+def test_linear_bayes_rule_holds_at_every_z(generator):
+    # log p(z|x) + log p(x) = log p(x, z) for the closed-form posterior and marginal
+    model = random_linear_model(generator)
+    x, _ = model.sample(4, generator)
+    z = torch.randn(6, 4, 2, generator=generator, dtype=F64)
+    torch.testing.assert_close(model.log_posterior(x, z) + model.log_marginal(x), model.log_joint(x, z))
+
+
+def test_linear_marginal_matches_monte_carlo_over_the_prior(generator):
+    # p(x) = E_{p(z)}[p(x|z)]: a 1-D latent needs few prior samples for a precise estimate
+    model = LinearGaussianModel(torch.tensor([[1.0], [-0.5]], dtype=F64), noise_std=0.8)
+    x, _ = model.sample(3, generator)
+    z = torch.randn(200_000, 1, 1, generator=generator, dtype=F64).expand(-1, 3, -1)
+    estimate = torch.logsumexp(model.log_likelihood(x, z), 0) - math.log(z.shape[0])
+    torch.testing.assert_close(estimate, model.log_marginal(x), atol=1e-2, rtol=0)
+
+
+def test_linear_exact_elbo_gap_is_kl_to_posterior(generator):
+    model = random_linear_model(generator, latent_dim=1)
+    x, _ = model.sample(4, generator)
+    mu = torch.randn(4, 1, generator=generator, dtype=F64)
+    logvar = torch.randn(4, 1, generator=generator, dtype=F64)
+    post_mean, post_var = model.posterior_moments(x)
+    gap = model.log_marginal(x) - model.elbo(x, mu, logvar)
+    torch.testing.assert_close(gap, gaussian_kl_between(mu, logvar.exp(), post_mean, post_var))
+    assert (gap > 0).all()
+    # at the exact posterior the bound is tight
+    torch.testing.assert_close(model.elbo(x, post_mean, post_var.log()), model.log_marginal(x))
+
+
+def test_linear_exact_elbo_matches_monte_carlo(generator):
+    model = random_linear_model(generator)
+    x, _ = model.sample(2, generator)
+    mu = torch.randn(2, 2, generator=generator, dtype=F64)
+    logvar = 0.5 * torch.randn(2, 2, generator=generator, dtype=F64)
+    z = mu + (0.5 * logvar).exp() * torch.randn(100_000, 2, 2, generator=generator, dtype=F64)
+    log_q = torch.distributions.Normal(mu, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+    terms = model.log_joint(x, z) - log_q
+    standard_error = terms.std(0) / math.sqrt(z.shape[0])
+    assert ((terms.mean(0) - model.elbo(x, mu, logvar)).abs() < 4 * standard_error).all()
+
+
+@pytest.mark.parametrize("latent_dim", [1, 2])
+def test_quadrature_matches_linear_closed_form(generator, latent_dim):
+    linear = random_linear_model(generator, data_dim=3, latent_dim=latent_dim)
+    quadrature = NonlinearGaussianModel(latent_dim, linear.noise_std, decoder=linear.decoder_mean)
+    x, _ = linear.sample(4, generator)
+    torch.testing.assert_close(quadrature.log_marginal(x), linear.log_marginal(x), atol=1e-8, rtol=0)
+    mean, var = quadrature.posterior_moments(x)
+    exact_mean, exact_var = linear.posterior_moments(x)
+    torch.testing.assert_close(mean, exact_mean, atol=1e-8, rtol=0)
+    torch.testing.assert_close(var, exact_var, atol=1e-8, rtol=0)
+    mu = 0.3 * torch.randn(4, latent_dim, generator=generator, dtype=F64)
+    logvar = torch.full((4, latent_dim), -0.5, dtype=F64)
+    torch.testing.assert_close(quadrature.elbo(x, mu, logvar), linear.elbo(x, mu, logvar), atol=1e-6, rtol=0)
+
+
+def test_nonlinear_fine_grid_agrees_with_coarse_grid(generator):
+    coarse = NonlinearGaussianModel(1, 0.4, grid=LatentGrid(1, limit=7.0, points_per_dim=301))
+    fine = NonlinearGaussianModel(1, 0.4, grid=LatentGrid(1, limit=9.0, points_per_dim=3001))
+    x, _ = fine.sample(5, generator)
+    torch.testing.assert_close(coarse.log_marginal(x), fine.log_marginal(x), atol=1e-8, rtol=0)
+
+
+def test_nonlinear_posterior_is_normalized_and_gap_is_kl(generator):
+    model = NonlinearGaussianModel(1, 0.5)
+    x = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=F64)  # the first is bimodal: z near +-sqrt(2)
+    density = model.posterior_on_grid(x)
+    torch.testing.assert_close(density.sum(0) * model.grid.step, torch.ones(2, dtype=F64))
+    mu = torch.tensor([[0.5], [0.8]], dtype=F64)
+    logvar = torch.tensor([[-1.0], [-2.0]], dtype=F64)
+    gap = model.log_marginal(x) - model.elbo(x, mu, logvar)
+    torch.testing.assert_close(gap, model.kl_to_posterior(x, mu, logvar), atol=1e-8, rtol=0)
+    assert (gap > 0).all()
+    mean, _ = model.posterior_moments(x)
+    assert abs(mean[0, 0].item()) < 1e-8  # symmetric bimodal posterior
+
+
+def test_nonlinear_marginal_matches_monte_carlo_over_the_prior(generator):
+    model = NonlinearGaussianModel(2, 0.7)
+    x, _ = model.sample(2, generator)
+    z = torch.randn(400_000, 1, 2, generator=generator, dtype=F64).expand(-1, 2, -1)
+    estimate = torch.logsumexp(model.log_likelihood(x, z), 0) - math.log(z.shape[0])
+    torch.testing.assert_close(estimate, model.log_marginal(x), atol=2e-2, rtol=0)
+
+
+def test_sampling_is_seeded():
+    model = NonlinearGaussianModel(1, 0.5)
+    a = model.sample(3, torch.Generator().manual_seed(1))
+    b = model.sample(3, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b)
+    assert a[0].shape == (3, 2) and a[1].shape == (3, 1)
+
+
+def test_bad_shapes_raise_clear_errors():
+    model = LinearGaussianModel.identity(2)
+    with pytest.raises(ValueError, match=r"\[B, 2\]"):
+        model.log_marginal(torch.zeros(2))
+    with pytest.raises(ValueError, match=r"\[S, B, 2\]"):
+        model.log_joint(torch.zeros(3, 2), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="latent_dim 1 or 2"):
+        NonlinearGaussianModel(3)
