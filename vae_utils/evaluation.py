@@ -17,9 +17,11 @@ from .training import EVAL_BINARIZE_SEED
 
 __all__ = ["estimate_log_likelihood"]
 
-# The largest decoded tensor ([chunk, batch, C, H, W] floats) one step may create: 16M floats = 64 MB.
-# The likelihood's temporaries are a few times this, so the peak stays a few hundred MB for any K.
+# The largest decoded tensor ([chunk, batch, C, H, W] floats) one step may create. A GPU wants big
+# steps: 16M floats = 64 MB. On a CPU, 1M floats (4 MB) keep the likelihood's elementwise passes in
+# cache: 2.7x -> 1.3x the matrix-product floor (benchmarks/RESULTS.md), and a lower memory peak.
 MAX_DECODED_ELEMENTS = 16 * 2**20
+MAX_DECODED_ELEMENTS_CPU = 2**20
 
 
 @torch.inference_mode()
@@ -40,7 +42,8 @@ def estimate_log_likelihood(
         data_or_x: an ``ImageDataset``, or images ``[N, C, H, W]`` (uint8 0..255 or float in [0, 1]).
         k: importance samples per example (5000 is the usual reporting setting; k=1 is the ELBO).
         batch_size: examples per step; chunk_size: samples per step. Defaults keep the decoded
-            ``[chunk, batch, C, H, W]`` tensor at most 64 MB, so memory does not grow with k or N.
+            ``[chunk, batch, C, H, W]`` tensor at most 4 MB on a CPU and 64 MB on a GPU, so memory
+            does not grow with k or N.
         seed: seeds the samples (a generator on the model's device); same seed, same estimate.
         progress: a tqdm bar over examples.
         binarize_seed: an ``ImageDataset`` is first binarized with ``data.binarized(binarize_seed)``,
@@ -69,7 +72,8 @@ def estimate_log_likelihood(
     if batch_size is None:
         batch_size = max(1, min(100, n))
     if chunk_size is None:
-        chunk_size = max(1, min(k, MAX_DECODED_ELEMENTS // (batch_size * pixels)))
+        budget = MAX_DECODED_ELEMENTS_CPU if device.type == "cpu" else MAX_DECODED_ELEMENTS
+        chunk_size = max(1, min(k, budget // (batch_size * pixels)))
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}.")
 
