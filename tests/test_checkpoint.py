@@ -205,3 +205,25 @@ def test_load_or_train_replaces_a_corrupt_file_and_does_not_save_interrupted_run
     monkeypatch.setattr(checkpoint_module, "fit", interrupted_fit)
     assert load_or_train(other, CONFIG, config, tiny_data(), progress=False).interrupted
     assert not other.exists()
+
+
+def test_load_or_train_retrains_on_other_data_and_passes_the_callback(tmp_path, monkeypatch):
+    calls = []
+    real_fit = checkpoint_module.fit
+
+    def counting_fit(*args, **kwargs):
+        calls.append(kwargs.get("callback"))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "fit", counting_fit)
+    path = tmp_path / "vae.pt"
+    config = TrainConfig(epochs=1, batch_size=16, device="cpu")
+    seen = []
+    load_or_train(path, CONFIG, config, tiny_data(), progress=False, callback=seen.append)
+    assert calls == [seen.append] and len(seen) == 1  # fit got the callback and called it once per epoch
+    assert load_checkpoint(path).metadata["train_data"] == {"name": tiny_data().name, "n": len(tiny_data())}
+
+    load_or_train(path, CONFIG, config, tiny_data(), progress=False)
+    assert len(calls) == 1  # same configs, same data: loaded
+    load_or_train(path, CONFIG, config, tiny_data().subset(32), progress=False)
+    assert len(calls) == 2  # same configs, fewer training images: trained again

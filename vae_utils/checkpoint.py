@@ -63,6 +63,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _data_key(train_data) -> dict:
+    """What identifies a training set for ``load_or_train``: its name and number of images."""
+    return {"name": train_data.name, "n": len(train_data)}
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: VAE,
@@ -70,10 +75,14 @@ def save_checkpoint(
     history: History | None = None,
     train_config: TrainConfig | None = None,
     metadata: dict | None = None,
+    train_data=None,
 ) -> Path:
     """Write ``model`` (and optionally its optimizer, history, training config and free-form
     ``metadata`` of plain values) to ``path`` atomically. Parent folders are created. Tensors are
-    stored on the CPU, so the file loads on any machine. Returns the path."""
+    stored on the CPU, so the file loads on any machine. Returns the path.
+
+    ``train_data`` (an ``ImageDataset``): records its name and size in ``metadata["train_data"]``,
+    which ``load_or_train`` compares before it reuses the checkpoint."""
     if not isinstance(getattr(model, "config", None), VAEConfig):
         raise TypeError(
             f"save_checkpoint needs a vae_utils VAE (with a VAEConfig in .config), got {type(model).__name__}."
@@ -87,7 +96,7 @@ def save_checkpoint(
         "optimizer_state": _optimizer_state_cpu(optimizer.state_dict()) if optimizer is not None else None,
         "history": _plain(history.to_dict()) if history is not None else None,
         "train_config": _plain(train_config.to_dict()) if train_config is not None else None,
-        "metadata": _plain(metadata or {}),
+        "metadata": _plain({**(metadata or {}), **({"train_data": _data_key(train_data)} if train_data is not None else {})}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -249,14 +258,16 @@ def load_or_train(
     train_data,
     test_data=None,
     progress: bool = True,
+    callback=None,
 ) -> FitResult:
     """Load the model at ``path`` if it was trained with the same ``model_config`` and
-    ``train_config`` (the device aside); otherwise train a new ``VAE(model_config)`` with ``fit``
-    and save it there. Either way returns a ``FitResult`` with the model, its training history and
-    an Adam optimizer holding the stored state.
+    ``train_config`` (the device aside) on the same training data (its name and size); otherwise
+    train a new ``VAE(model_config)`` with ``fit`` and save it there. Either way returns a
+    ``FitResult`` with the model, its training history and an Adam optimizer holding the stored state.
 
-    A checkpoint with other configs is replaced by the new training run. An interrupted run
-    (``interrupted=True``) is returned but not saved, so the next call trains again.
+    ``callback`` is passed to ``fit`` (e.g. a ``LiveLossPlot``); it is not called when loading.
+    A checkpoint with other configs or data is replaced by the new training run. An interrupted
+    run (``interrupted=True``) is returned but not saved, so the next call trains again.
     """
     path = Path(path)
     device = pick_device(train_config.device)
@@ -270,6 +281,7 @@ def load_or_train(
             checkpoint is not None
             and _plain(checkpoint.model.config.to_dict()) == _plain(model_config.to_dict())
             and _train_config_key(checkpoint.train_config) == _train_config_key(train_config)
+            and checkpoint.metadata.get("train_data") == _data_key(train_data)
         ):
             model = checkpoint.model
             optimizer = default_optimizer(model, train_config.lr)
@@ -279,7 +291,9 @@ def load_or_train(
 
     torch.manual_seed(train_config.seed)  # the initial weights depend on the seed too
     model = VAE(model_config)
-    result = fit(model, train_data, test_data, train_config, progress=progress)
+    result = fit(model, train_data, test_data, train_config, callback=callback, progress=progress)
     if not result.interrupted:
-        save_checkpoint(path, result.model, result.optimizer, result.history, train_config)
+        save_checkpoint(
+            path, result.model, result.optimizer, result.history, train_config, train_data=train_data
+        )
     return result
