@@ -69,7 +69,37 @@ def gaussian_kl_between(mu_q: Tensor, var_q: Tensor, mu_p: Tensor, var_p: Tensor
     return 0.5 * (var_q / var_p + (mu_q - mu_p) ** 2 / var_p - 1.0 + torch.log(var_p / var_q)).sum(-1)
 
 
-class LinearGaussianModel:
+class _GaussianNoiseModel:
+    """What both toy models share: p(z) = N(0, I_d), p(x|z) = N(x; f(z), s^2 I_D), with f = `decoder_mean`.
+
+    Subclasses set `data_dim`, `latent_dim`, `noise_std` and define `decoder_mean(z: [..., d]) -> [..., D]`.
+    """
+
+    data_dim: int
+    latent_dim: int
+    noise_std: float
+
+    def decoder_mean(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z). x: [B, D], z: [S, B, d] -> [S, B]."""
+        x = _check_x(x, self.data_dim)
+        z = _check_z(z, x.shape[0], self.latent_dim)
+        return _log_normal_isotropic(x, self.decoder_mean(z), self.noise_std)
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x, z) = log p(x|z) + log p(z). x: [B, D], z: [S, B, d] -> [S, B]."""
+        return self.log_likelihood(x, z) + log_standard_normal(z.to(DTYPE))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Ancestral sampling: z ~ p(z), x ~ p(x|z). Returns (x [n, D], z [n, d])."""
+        z = torch.randn(n, self.latent_dim, generator=generator, dtype=DTYPE)
+        noise = torch.randn(n, self.data_dim, generator=generator, dtype=DTYPE)
+        return self.decoder_mean(z) + self.noise_std * noise, z
+
+
+class LinearGaussianModel(_GaussianNoiseModel):
     """p(z) = N(0, I_d),  p(x|z) = N(x; W z + b, s^2 I_D): probabilistic PCA, exact in closed form.
 
     weight: [D, d], bias: [D], noise_std: s > 0.
@@ -98,16 +128,6 @@ class LinearGaussianModel:
     def decoder_mean(self, z: Tensor) -> Tensor:
         """f(z) = W z + b. z: [..., d] -> [..., D]."""
         return z.to(DTYPE) @ self.weight.T + self.bias
-
-    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x|z). x: [B, D], z: [S, B, d] -> [S, B]."""
-        x = _check_x(x, self.data_dim)
-        z = _check_z(z, x.shape[0], self.latent_dim)
-        return _log_normal_isotropic(x, self.decoder_mean(z), self.noise_std)
-
-    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x, z) = log p(x|z) + log p(z). x: [B, D], z: [S, B, d] -> [S, B]."""
-        return self.log_likelihood(x, z) + log_standard_normal(z.to(DTYPE))
 
     def marginal_covariance(self) -> Tensor:
         """Cov[x] = W W^T + s^2 I: [D, D]."""
@@ -155,12 +175,6 @@ class LinearGaussianModel:
         entropy = 0.5 * (1.0 + _LOG_2PI + logvar).sum(-1)
         return expected_loglik + expected_logprior + entropy
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Ancestral sampling: z ~ p(z), x ~ p(x|z). Returns (x [n, D], z [n, d])."""
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=DTYPE)
-        noise = torch.randn(n, self.data_dim, generator=generator, dtype=DTYPE)
-        return self.decoder_mean(z) + self.noise_std * noise, z
-
 
 class LatentGrid:
     """A regular grid over [-limit, limit]^d for quadrature in a 1-D or 2-D latent space.
@@ -198,7 +212,7 @@ def curve_decoder(z: Tensor) -> Tensor:
     return torch.cat([z, z**2 - 1.0], dim=-1)
 
 
-class NonlinearGaussianModel:
+class NonlinearGaussianModel(_GaussianNoiseModel):
     """p(z) = N(0, I_d) with d in {1, 2},  p(x|z) = N(x; f(z), s^2 I_D); exact p(x) and p(z|x) by quadrature.
 
     decoder: f, maps z [..., d] -> [..., D] (default `curve_decoder`, D = 2d). noise_std: s.
@@ -226,16 +240,6 @@ class NonlinearGaussianModel:
     def decoder_mean(self, z: Tensor) -> Tensor:
         """f(z). z: [..., d] -> [..., D]."""
         return self.decoder(z.to(DTYPE))
-
-    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x|z). x: [B, D], z: [S, B, d] -> [S, B]."""
-        x = _check_x(x, self.data_dim)
-        z = _check_z(z, x.shape[0], self.latent_dim)
-        return _log_normal_isotropic(x, self.decoder_mean(z), self.noise_std)
-
-    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x, z) = log p(x|z) + log p(z). x: [B, D], z: [S, B, d] -> [S, B]."""
-        return self.log_likelihood(x, z) + log_standard_normal(z.to(DTYPE))
 
     def log_joint_on_grid(self, x: Tensor) -> Tensor:
         """log p(x, z_g) at every grid point. x: [B, D] -> [G, B]."""
@@ -282,9 +286,3 @@ class NonlinearGaussianModel:
         log_q = log_normal_diag(z, mu, logvar)
         log_post = self.log_joint_on_grid(x) - self.log_marginal(x)  # [G, B]
         return (torch.exp(log_q) * (log_q - log_post)).sum(0) * math.exp(self.grid.log_cell)
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Ancestral sampling: z ~ p(z), x ~ p(x|z). Returns (x [n, D], z [n, d])."""
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=DTYPE)
-        noise = torch.randn(n, self.data_dim, generator=generator, dtype=DTYPE)
-        return self.decoder_mean(z) + self.noise_std * noise, z
