@@ -39,6 +39,7 @@ from .objectives import (
     log_standard_normal,
     monte_carlo_kl,
     negative_elbo_loss,
+    reparameterize,
     vae_elbo,
 )
 from .plotting import (
@@ -61,7 +62,7 @@ __all__ = [
     # objectives (sign and reduction in each docstring)
     "ELBO", "bernoulli_log_likelihood", "effective_sample_size", "elbo_monte_carlo", "elbo_terms",
     "gaussian_kl", "gaussian_kl_per_dim", "gaussian_log_likelihood", "importance_weighted_bound",
-    "log_normal_diag", "log_standard_normal", "monte_carlo_kl", "negative_elbo_loss", "vae_elbo",
+    "log_normal_diag", "log_standard_normal", "monte_carlo_kl", "negative_elbo_loss", "reparameterize", "vae_elbo",
     # data
     "DATASET_NAMES", "FASHION_MNIST_CLASSES", "MNIST_CLASSES", "DatasetNotFoundError", "IdxFormatError",
     "ImageDataset", "load_dataset", "read_idx",

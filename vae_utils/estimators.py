@@ -21,6 +21,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from .objectives import _standard_normal
+
 __all__ = [
     "GradientSamples",
     "score_function_gradient",
@@ -57,9 +59,7 @@ def _draw_noise(mu: Tensor, log_sigma: Tensor, n_samples: int, generator: torch.
         raise ValueError(f"mu and log_sigma must have the same shape, got {tuple(mu.shape)} and {tuple(log_sigma.shape)}")
     if n_samples < 2:
         raise ValueError(f"n_samples must be >= 2 to measure a variance, got {n_samples}")
-    # Draw on the CPU generator, then move: the same seed gives the same noise on every device.
-    eps = torch.randn((n_samples, *mu.shape), generator=generator, dtype=mu.dtype)
-    return eps.to(mu.device)
+    return _standard_normal((n_samples, *mu.shape), mu, generator)  # a CPU generator works for GPU tensors
 
 
 def score_function_gradient(

@@ -20,6 +20,7 @@ from .objectives import (
     bernoulli_log_likelihood,
     gaussian_log_likelihood,
     log_standard_normal,
+    reparameterize,
 )
 
 __all__ = ["VAEConfig", "VAEOutput", "VAE"]
@@ -201,13 +202,9 @@ class VAE(nn.Module):
 
         Differentiable in mu and logvar. A CPU generator also works for a model on the GPU.
         """
-        if n_samples is None:
-            shape = mu.shape
-        elif _is_int(n_samples) and n_samples >= 1:
-            shape = (n_samples, *mu.shape)
-        else:
+        if n_samples is not None and not (_is_int(n_samples) and n_samples >= 1):
             raise ValueError(f"n_samples must be a positive int or None, got {n_samples!r}")
-        return mu + torch.exp(0.5 * logvar) * _standard_normal(shape, mu, generator)
+        return reparameterize(mu, logvar, n_samples, generator)
 
     # ------------------------------------------------------------------ decoder
     def decode(self, z: Tensor) -> Tensor:

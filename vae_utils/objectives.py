@@ -32,6 +32,7 @@ __all__ = [
     "elbo_terms",
     "vae_elbo",
     "negative_elbo_loss",
+    "reparameterize",
     "elbo_monte_carlo",
     "importance_weighted_bound",
     "effective_sample_size",
@@ -173,12 +174,23 @@ def _standard_normal(shape: tuple[int, ...], like: Tensor, generator: torch.Gene
     return noise.to(like.device)
 
 
+def reparameterize(
+    mu: Tensor, logvar: Tensor, n_samples: int | None = None, generator: torch.Generator | None = None
+) -> Tensor:
+    """z = mu + exp(logvar / 2) * eps with eps ~ N(0, I): a sample of q = N(mu, diag exp(logvar)).
+
+    mu, logvar: [B, d] -> z: [B, d], or [S, B, d] with n_samples = S. Differentiable in mu and logvar.
+    A CPU generator also works for tensors on a GPU (see `_standard_normal`).
+    """
+    shape = mu.shape if n_samples is None else (n_samples, *mu.shape)
+    return mu + torch.exp(0.5 * logvar) * _standard_normal(shape, mu, generator)
+
+
 def _log_importance_weights(
     log_joint: LogJoint, x: Tensor, mu: Tensor, logvar: Tensor, n: int, generator
 ) -> Tensor:
     """log p(x, z) - log q(z|x) for n reparameterized z ~ q: [n, B]."""
-    eps = _standard_normal((n, *mu.shape), mu, generator)
-    z = mu + torch.exp(0.5 * logvar) * eps  # [n, B, d]
+    z = reparameterize(mu, logvar, n, generator)  # [n, B, d]
     return log_joint(x, z) - log_normal_diag(z, mu, logvar)
 
 
