@@ -93,12 +93,13 @@ def _device(name: str | None) -> torch.device:
 
 
 def _save_grid(path: Path, images: torch.Tensor, nrow: int) -> None:
-    """images: [N, 1, H, W] in [0, 1] -> a PNG grid (matplotlib's imsave: no pyplot, no backend)."""
+    """images: [N, C, H, W] in [0, 1] -> a PNG grid (matplotlib's imsave: no figure, no backend)."""
     from matplotlib.image import imsave
-    from torchvision.utils import make_grid
 
-    grid = make_grid(images.detach().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
-    imsave(path, grid.permute(1, 2, 0).numpy())
+    from .plotting import image_grid
+
+    grid = image_grid(images, nrow=nrow, padding=2, pad_value=1.0)
+    imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)
 
 
 def train(args) -> int:
