@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .data import ImageDataset
 from .objectives import importance_weighted_bound
-from .training import EVAL_BINARIZE_SEED
+from .training import EVAL_BINARIZE_SEED, _eval_batches
 
 __all__ = ["estimate_log_likelihood"]
 
@@ -87,9 +87,8 @@ def estimate_log_likelihood(
 
         bar = tqdm(total=n, desc=f"log p(x), K={k}", unit="img")
     try:
-        for start in range(0, n, batch_size):
-            x = images[start : start + batch_size]
-            x = x.to(dtype).div_(255) if x.dtype == torch.uint8 else x.to(dtype)
+        for x in _eval_batches(images, batch_size, device):
+            x = x.to(dtype)  # float32 batches; a no-op unless the model is in another precision
             mu, logvar = model.encode(x)
             estimates.append(
                 importance_weighted_bound(model.log_joint, x, mu, logvar, k, chunk_size=chunk_size, generator=generator)
