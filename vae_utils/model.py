@@ -16,11 +16,11 @@ from torch import Tensor, nn
 
 from .networks import build_decoder, build_encoder, conv_feature_shape
 from .objectives import (
-    _standard_normal,
     bernoulli_log_likelihood,
     gaussian_log_likelihood,
     log_standard_normal,
     reparameterize,
+    standard_normal,
 )
 
 __all__ = ["VAEConfig", "VAEOutput", "VAE"]
@@ -47,6 +47,9 @@ class VAEConfig:
     likelihood: "bernoulli" (decoder outputs logits) or "gaussian" (decoder outputs means).
     decoder_std: gaussian only: a fixed per-pixel standard deviation, or None to learn one
         log-variance per pixel.
+    seed: the initial weights are drawn with this seed (in a forked RNG, so building a model
+        does not disturb the global random stream): the same config gives the same weights.
+        None draws them from the global RNG (``torch.manual_seed`` decides).
     """
 
     latent_dim: int = 20
@@ -55,6 +58,7 @@ class VAEConfig:
     image_shape: tuple[int, int, int] = (1, 28, 28)
     likelihood: str = "bernoulli"
     decoder_std: float | None = None
+    seed: int | None = 0
 
     def __post_init__(self) -> None:
         if not _is_int(self.latent_dim) or self.latent_dim < 1:
@@ -109,6 +113,8 @@ class VAEConfig:
                     f"decoder_std must be a positive finite number (or None to learn it), got {std!r}"
                 )
             self.decoder_std = float(self.decoder_std)
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"seed must be an int (or None for the global RNG), got {self.seed!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields (tuples as lists, so it is JSON- and weights_only-safe)."""
@@ -146,8 +152,11 @@ class VAE(nn.Module):
             raise TypeError(f"VAE takes a VAEConfig or None, not {type(config).__name__}")
         self.config = config
         args = (config.architecture, config.image_shape, config.hidden_dims, config.latent_dim)
-        self.encoder = build_encoder(*args)
-        self.decoder = build_decoder(*args)
+        with torch.random.fork_rng(devices=[], enabled=config.seed is not None):
+            if config.seed is not None:
+                torch.manual_seed(config.seed)
+            self.encoder = build_encoder(*args)
+            self.decoder = build_decoder(*args)
         self._fixed_logvar: float | None = None
         if config.likelihood == "gaussian" and config.decoder_std is None:
             self.decoder_logvar = nn.Parameter(torch.zeros(config.image_shape))  # learned, per pixel
@@ -242,7 +251,7 @@ class VAE(nn.Module):
         if not _is_int(n) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         reference = next(self.parameters())
-        z = _standard_normal((n, self.config.latent_dim), reference, generator)
+        z = standard_normal((n, self.config.latent_dim), reference, generator)
         return self.mean_image(self.decode(z))
 
     @torch.no_grad()

@@ -33,6 +33,9 @@ __all__ = [
     "vae_elbo",
     "negative_elbo_loss",
     "reparameterize",
+    "standard_normal",
+    "elbo_objective",
+    "iw_objective",
     "elbo_monte_carlo",
     "importance_weighted_bound",
     "effective_sample_size",
@@ -161,8 +164,62 @@ def negative_elbo_loss(elbo: ELBO) -> Tensor:
     return -elbo.elbo.mean()
 
 
+# --------------------------------------------------------------------------- training objectives
+Objective = Callable[..., ELBO]
+
+
+def elbo_objective(beta: float = 1.0) -> Objective:
+    """The VAE objective ``objective(model, x) -> ELBO``: `vae_elbo` with one reparameterized sample.
+
+    x: [B, C, H, W]. The returned ELBO's fields are [B]; ``elbo = reconstruction - beta * kl``
+    (beta = 1: the ELBO; beta > 1: a beta-VAE). Training maximizes ``elbo.mean()``, i.e. minimizes
+    ``-objective(model, x).elbo.mean()`` (nats per example).
+    """
+    beta = _check_real("beta", beta, minimum=0.0)
+
+    def objective(model, x: Tensor) -> ELBO:
+        return vae_elbo(model, x, beta=beta)
+
+    objective.__qualname__ = f"elbo_objective(beta={beta:g})"
+    return objective
+
+
+def iw_objective(k: int) -> Objective:
+    """The importance-weighted (IWAE) objective with K samples, ``objective(model, x) -> ELBO``.
+
+    x: [B, C, H, W]; K reparameterized z_k ~ q(z|x) per example. The fields, each [B]:
+      * ``elbo``: the K-sample bound log (1/K) sum_k p(x, z_k) / q(z_k|x) (Burda et al., 2016),
+        the quantity IWAE training maximizes; K = 1 is the single-sample ELBO, and it rises toward
+        log p(x) as K grows;
+      * ``reconstruction``: E_q log p(x|z) estimated as the MEAN of log p(x|z_k) over the same K
+        samples (summed over pixels);
+      * ``kl``: the closed-form KL(q(z|x) || p(z)) (summed over latent dimensions).
+    So ``reconstruction - kl`` is the K-sample ELBO estimate (<= ``elbo`` on average), reported
+    next to the bound. The training loss is ``-objective(model, x).elbo.mean()``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"iw_objective: k (importance samples) must be an int >= 1, got {k!r}.")
+
+    def objective(model, x: Tensor) -> ELBO:
+        mu, logvar = model.encode(x)  # [B, d] each
+        z = model.reparameterize(mu, logvar, n_samples=k)  # [K, B, d]
+        log_px_given_z = model.log_likelihood(x, model.decode(z))  # [K, B]
+        log_w = log_px_given_z + log_standard_normal(z) - log_normal_diag(z, mu, logvar)  # [K, B]
+        bound = torch.logsumexp(log_w, dim=0) - math.log(k)  # [B]
+        return ELBO(bound, log_px_given_z.mean(0), gaussian_kl(mu, logvar))
+
+    objective.__qualname__ = f"iw_objective(k={k})"
+    return objective
+
+
+def _check_real(name: str, value, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}.")
+    return float(value)
+
+
 # --------------------------------------------------------------------------- generic estimators
-def _standard_normal(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+def standard_normal(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """N(0, 1) noise of `shape` with like's dtype and device.
 
     A generator on another device (e.g. the CPU generator from `seed_everything` with a CUDA
@@ -174,16 +231,19 @@ def _standard_normal(shape: tuple[int, ...], like: Tensor, generator: torch.Gene
     return noise.to(like.device)
 
 
+_standard_normal = standard_normal  # the old private name, for code not yet updated
+
+
 def reparameterize(
     mu: Tensor, logvar: Tensor, n_samples: int | None = None, generator: torch.Generator | None = None
 ) -> Tensor:
     """z = mu + exp(logvar / 2) * eps with eps ~ N(0, I): a sample of q = N(mu, diag exp(logvar)).
 
     mu, logvar: [B, d] -> z: [B, d], or [S, B, d] with n_samples = S. Differentiable in mu and logvar.
-    A CPU generator also works for tensors on a GPU (see `_standard_normal`).
+    A CPU generator also works for tensors on a GPU (see `standard_normal`).
     """
     shape = mu.shape if n_samples is None else (n_samples, *mu.shape)
-    return mu + torch.exp(0.5 * logvar) * _standard_normal(shape, mu, generator)
+    return mu + torch.exp(0.5 * logvar) * standard_normal(shape, mu, generator)
 
 
 def _log_importance_weights(
