@@ -20,6 +20,15 @@ else
     echo "apt-get not found: install Fashion-MNIST yourself (see README) and chromium for the browser test." >&2
 fi
 
+# vae_utils needs Python >= 3.10 (pyproject.toml's requires-python). Say so before pip does, and how to fix it.
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+    found=$("$PYTHON" --version 2>&1 || echo "no $PYTHON on PATH")
+    echo "setup.sh: vae_utils needs Python 3.10 or newer; $PYTHON is: $found." >&2
+    echo "  Install a newer Python (e.g. apt-get install python3.11, or pyenv/conda), then run" >&2
+    echo "  PYTHON=python3.11 bash .ci/setup.sh" >&2
+    exit 1
+fi
+
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 # shellcheck disable=SC2086
