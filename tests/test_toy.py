@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from vae_utils.objectives import gaussian_kl
 from vae_utils.toy import LatentGrid, LinearGaussianModel, NonlinearGaussianModel, gaussian_kl_between
 
 F64 = torch.float64
@@ -55,7 +56,7 @@ def test_linear_exact_elbo_gap_is_kl_to_posterior(generator):
     logvar = torch.randn(4, 1, generator=generator, dtype=F64)
     post_mean, post_var = model.posterior_moments(x)
     gap = model.log_marginal(x) - model.elbo(x, mu, logvar)
-    torch.testing.assert_close(gap, gaussian_kl_between(mu, logvar.exp(), post_mean, post_var))
+    torch.testing.assert_close(gap, gaussian_kl_between(mu, logvar, post_mean, post_var.log()))
     assert (gap > 0).all()
     # at the exact posterior the bound is tight
     torch.testing.assert_close(model.elbo(x, post_mean, post_var.log()), model.log_marginal(x))
@@ -88,6 +89,39 @@ def test_quadrature_matches_linear_closed_form(generator, latent_dim):
     torch.testing.assert_close(quadrature.elbo(x, mu, logvar), linear.elbo(x, mu, logvar), atol=1e-6, rtol=0)
 
 
+def test_gaussian_kl_between_matches_torch_distributions(generator):
+    # log-variances in, like objectives.gaussian_kl; summed over the last dim
+    mu_q, mu_p = torch.randn(2, 4, 3, generator=generator, dtype=F64)
+    logvar_q, logvar_p = torch.randn(2, 4, 3, generator=generator, dtype=F64)
+    q = torch.distributions.Normal(mu_q, (0.5 * logvar_q).exp())
+    p = torch.distributions.Normal(mu_p, (0.5 * logvar_p).exp())
+    expected = torch.distributions.kl_divergence(q, p).sum(-1)
+    torch.testing.assert_close(gaussian_kl_between(mu_q, logvar_q, mu_p, logvar_p), expected)
+    assert not torch.allclose(gaussian_kl_between(mu_p, logvar_p, mu_q, logvar_q), expected)  # not symmetric
+
+
+def test_gaussian_kl_between_standard_normal_is_objectives_gaussian_kl(generator):
+    mu, logvar = torch.randn(2, 5, 4, generator=generator, dtype=F64)
+    zero = torch.zeros_like(mu)
+    torch.testing.assert_close(gaussian_kl_between(mu, logvar, zero, zero), gaussian_kl(mu, logvar))
+    torch.testing.assert_close(gaussian_kl_between(mu, logvar, mu, logvar), torch.zeros(5, dtype=F64))
+
+
+def test_parabola_posterior_peaks_inside_the_closest_points():
+    # x = (0, 1): the curve (z, z^2 - 1) is closest where d/dz [z^2 + (z^2 - 2)^2] = 0, i.e. z^2 = 3/2;
+    # the prior N(0, 1) pulls each posterior peak towards 0.
+    model = NonlinearGaussianModel(1, 0.5)
+    x = torch.tensor([[0.0, 1.0]], dtype=F64)
+    z = model.grid.points[:, 0]
+    distance = (model.decoder_mean(model.grid.points) - x).pow(2).sum(-1)
+    closest = z[distance.argmin()].abs().item()
+    assert abs(closest - math.sqrt(1.5)) < model.grid.step
+    density = model.posterior_on_grid(x)[:, 0]
+    peak = z[density.argmax()].abs().item()
+    assert 1.0 < peak < closest - 0.03
+    torch.testing.assert_close(density, density.flip(0))  # symmetric in z -> -z
+
+
 def test_nonlinear_fine_grid_agrees_with_coarse_grid(generator):
     coarse = NonlinearGaussianModel(1, 0.4, grid=LatentGrid(1, limit=7.0, points_per_dim=301))
     fine = NonlinearGaussianModel(1, 0.4, grid=LatentGrid(1, limit=9.0, points_per_dim=3001))
@@ -97,7 +131,7 @@ def test_nonlinear_fine_grid_agrees_with_coarse_grid(generator):
 
 def test_nonlinear_posterior_is_normalized_and_gap_is_kl(generator):
     model = NonlinearGaussianModel(1, 0.5)
-    x = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=F64)  # the first is bimodal: z near +-sqrt(2)
+    x = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=F64)  # the first is bimodal: peaks near +-1.17
     density = model.posterior_on_grid(x)
     torch.testing.assert_close(density.sum(0) * model.grid.step, torch.ones(2, dtype=F64))
     mu = torch.tensor([[0.5], [0.8]], dtype=F64)

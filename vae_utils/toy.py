@@ -61,12 +61,18 @@ def _check_z(z: Tensor, batch: int, latent_dim: int) -> Tensor:
     return z.to(DTYPE)
 
 
-def gaussian_kl_between(mu_q: Tensor, var_q: Tensor, mu_p: Tensor, var_p: Tensor) -> Tensor:
-    """KL(N(mu_q, diag var_q) || N(mu_p, diag var_p)) in closed form, summed over the last dim.
+def gaussian_kl_between(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
+    """KL(N(mu_q, diag exp(logvar_q)) || N(mu_p, diag exp(logvar_p))) in closed form, summed over the last dim. >= 0.
 
-    All arguments broadcastable [..., d] -> [...]. Used to check gap = KL(q || exact posterior).
+    Takes LOG-variances, like `vae_utils.objectives.gaussian_kl` (which is the case mu_p = 0, logvar_p = 0).
+    All arguments broadcastable [..., d] -> [...]. Per dimension, with v = exp(logvar):
+        KL = 0.5 * (v_q / v_p + (mu_q - mu_p)^2 / v_p - 1 + logvar_p - logvar_q).
+    Used to check gap = KL(q || exact posterior): pass the posterior's variance as its log, `var.log()`.
     """
-    return 0.5 * (var_q / var_p + (mu_q - mu_p) ** 2 / var_p - 1.0 + torch.log(var_p / var_q)).sum(-1)
+    mu_q, logvar_q, mu_p, logvar_p = (torch.as_tensor(t) for t in (mu_q, logvar_q, mu_p, logvar_p))
+    inverse_var_p = torch.exp(-logvar_p)
+    terms = torch.exp(logvar_q) * inverse_var_p + (mu_q - mu_p) ** 2 * inverse_var_p - 1.0 + logvar_p - logvar_q
+    return 0.5 * terms.sum(-1)
 
 
 class _GaussianNoiseModel:
