@@ -28,9 +28,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
-NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-
 FILE_NAME = re.compile(r"^(?P<number>\d{2})_(?P<name>[a-z0-9]+(?:_[a-z0-9]+)*)\.ipynb$")
+APPENDIX_NAME = re.compile(r"^appendix_(?P<name>[a-z0-9]+(?:_[a-z0-9]+)*)\.ipynb$")
+# The numbered series (00, 01, ...) and the appendices (appendix_*.ipynb), which hang off 00.
+SERIES = sorted(p for p in NOTEBOOK_DIR.glob("*.ipynb") if FILE_NAME.match(p.name))
+APPENDICES = sorted(p for p in NOTEBOOK_DIR.glob("*.ipynb") if APPENDIX_NAME.match(p.name))
+NOTEBOOKS = SERIES + APPENDICES
 FIRST_SECTION = "Learning goals"
 LAST_SECTIONS = ["Summary", "Exercises", "References"]
 TITLE_WITHIN_FIRST_MARKDOWN_CELLS = 2
@@ -103,9 +106,12 @@ def cell_label(nb, index: int) -> str:
 
 
 def neighbours(path: Path) -> tuple[Path | None, Path | None]:
-    index = NOTEBOOKS.index(path)
-    previous = NOTEBOOKS[index - 1] if index > 0 else None
-    following = NOTEBOOKS[index + 1] if index + 1 < len(NOTEBOOKS) else None
+    """The previous and next notebook of the numbered series; an appendix sits between 00 and 01."""
+    if path in APPENDICES:
+        return SERIES[0], (SERIES[1] if len(SERIES) > 1 else None)
+    index = SERIES.index(path)
+    previous = SERIES[index - 1] if index > 0 else None
+    following = SERIES[index + 1] if index + 1 < len(SERIES) else None
     return previous, following
 
 
@@ -140,15 +146,16 @@ def test_series_exists():
 
 
 def test_file_names_are_two_digit_number_underscore_snake_case():
-    bad = [p.name for p in NOTEBOOKS if not FILE_NAME.match(p.name)]
+    bad = [p.name for p in sorted(NOTEBOOK_DIR.glob("*.ipynb")) if p not in NOTEBOOKS]
     assert not bad, (
         f"notebook file names {bad} do not follow 'NN_snake_case_name.ipynb' (two digits, underscore, "
-        "lowercase words joined by underscores), e.g. '05_exploring_the_latent_space.ipynb'"
+        "lowercase words joined by underscores), e.g. '05_exploring_the_latent_space.ipynb', or "
+        "'appendix_snake_case_name.ipynb' for an appendix"
     )
 
 
 def test_notebooks_are_numbered_from_00_without_gaps_or_duplicates():
-    numbers = [int(m[1]) for p in NOTEBOOKS if (m := re.match(r"(\d+)_", p.name))]
+    numbers = [int(m[1]) for p in SERIES if (m := re.match(r"(\d+)_", p.name))]
     expected = list(range(len(numbers)))
     assert numbers == expected, (
         f"notebooks are numbered {[f'{n:02d}' for n in numbers]}; the series must run "
@@ -374,3 +381,161 @@ def test_run_completely_or_cleared(path):
         f"{path.name} was saved part-way through a run: {not_run} never ran. Restart the kernel and run "
         "all cells, then save (or clear all outputs)"
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Colab, appendices, notation and references (every reader reached; claims that cannot drift)
+# ---------------------------------------------------------------------------------------------------
+
+COLAB_URL = re.compile(r"https://colab\.research\.google\.com/github/(?P<repo>[^/\s]+/[^/\s]+)/blob/(?P<branch>[^/\s]+)/(?P<path>[^\s)\"'<>\]#?]+)")
+COLAB_FIRST_CELL = ("google.colab", "pip install")
+MAX_CODE_CELL_LINES = 25
+
+
+def github_repository(binder_url: str) -> str:
+    """'OWNER/REPO' of a Binder badge https://mybinder.org/v2/gh/OWNER/REPO/BRANCH?..."""
+    return "/".join(urlsplit(binder_url).path.split("/")[3:5])
+
+
+@pytest.mark.parametrize("path", notebook_params())
+def test_has_colab_badge_that_opens_this_notebook_from_the_binder_repository(path):
+    nb = read(path)
+    own_path = f"{NOTEBOOK_DIR.name}/{path.name}"
+    colab = [m for cell in nb.cells[:BADGE_WITHIN_FIRST_CELLS] if cell.cell_type == "markdown"
+             for m in COLAB_URL.finditer(cell.source)]
+    assert colab, (
+        f"{path.name} has no 'Open in Colab' badge in its first {BADGE_WITHIN_FIRST_CELLS} cells; add "
+        f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+        f"(https://colab.research.google.com/github/OWNER/REPO/blob/main/{own_path})"
+    )
+    assert own_path in [m["path"] for m in colab], f"{path.name}: the Colab badge opens {[m['path'] for m in colab]}"
+    repositories = {github_repository(url) for url in binder_badges(nb)}
+    assert {m["repo"] for m in colab} <= repositories, (
+        f"{path.name}: the Colab badge names {sorted({m['repo'] for m in colab})}, the Binder badge {sorted(repositories)}"
+    )
+
+
+def test_readme_has_a_colab_badge_for_the_same_repository():
+    readme = (REPO / "README.md").read_text()
+    colab = list(COLAB_URL.finditer(readme))
+    assert colab, "README.md has no 'Open in Colab' badge next to the Binder badge"
+    binder = {github_repository(url) for url in BINDER_URL.findall(readme)}
+    for match in colab:
+        assert match["repo"] in binder, f"README.md's Colab badge names {match['repo']}, its Binder badge {binder}"
+        assert (REPO / match["path"]).is_file(), f"README.md's Colab badge opens {match['path']!r}, which does not exist"
+
+
+@pytest.mark.parametrize("path", notebook_params())
+def test_first_code_cell_installs_vae_utils_on_colab_only(path):
+    nb = read(path)
+    first = next((c for c in nb.cells if c.cell_type == "code"), None)
+    assert first is not None and all(word in first.source for word in COLAB_FIRST_CELL), (
+        f"{path.name}: the first code cell must install vae_utils on Colab only "
+        "(`if \"google.colab\" in sys.modules: !pip install ...`), so the notebook runs there as it is"
+    )
+    assert re.search(r"^if\s+[\"']google\.colab[\"']\s+in\s+sys\.modules\s*:", first.source, re.M), (
+        f"{path.name}: the Colab install in the first code cell must be guarded by "
+        "`if \"google.colab\" in sys.modules:` so it does nothing elsewhere (and under nbval)"
+    )
+
+
+@pytest.mark.parametrize("path", notebook_params())
+def test_colab_links_to_notebooks_point_to_files_that_exist(path):
+    nb = read(path)
+    broken = [
+        f"{cell_label(nb, i)} opens {m['path']!r} on Colab"
+        for i, cell in enumerate(nb.cells) if cell.cell_type == "markdown"
+        for m in COLAB_URL.finditer(cell.source)
+        if not (REPO / m["path"]).is_file()
+    ]
+    assert not broken, f"{path.name} has Colab links to files that do not exist: {broken}"
+
+
+def test_every_appendix_is_linked_from_the_start_notebook():
+    start = read(SERIES[0])
+    linked = {Path(target).name for _, _, target in notebook_links(start)}
+    missing = [p.name for p in APPENDICES if p.name not in linked]
+    assert not missing, f"{SERIES[0].name} does not link to the appendices {missing}; readers would never find them"
+
+
+# Things no notebook may point a reader to: files outside the repository.
+OUTSIDE_REFERENCES = re.compile(r"derivation\.md|shared/seed|\.\./shared|source derivation", re.I)
+
+
+@pytest.mark.parametrize("path", notebook_params())
+def test_no_reference_to_files_outside_the_repository(path):
+    nb = read(path)
+    found = [f"{cell_label(nb, i)}: {m.group(0)!r}" for i, cell in enumerate(nb.cells)
+             for m in OUTSIDE_REFERENCES.finditer(cell.source)]
+    for index, _, target in notebook_links(nb):
+        if REPO not in (path.parent / target).resolve().parents:
+            found.append(f"{cell_label(nb, index)} links outside the repository: {target!r}")
+    assert not found, f"{path.name} points readers to things they do not have: {found}"
+
+
+def test_readme_references_nothing_outside_the_repository():
+    readme = (REPO / "README.md").read_text()
+    assert not OUTSIDE_REFERENCES.search(readme), (
+        f"README.md points readers to {OUTSIDE_REFERENCES.search(readme).group(0)!r}, which is not in the repository"
+    )
+
+
+MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$", re.S)
+# Notation breaches a program can see in markdown math (00's notation table is the contract):
+NOTATION_BREACHES = [
+    (re.compile(r"(?<![\\\w])q\s*\("), "q(...) without its parameter: write q_\\phi(z \\mid x)"),
+    (re.compile(r"(?<![\\\w])p\s*\(\s*x"), "p(x...) without its parameter: write p_\\theta(x), p_\\theta(x \\mid z), p_\\theta(x, z)"),
+    (re.compile(r"(?<![\\\w])p\s*\(\s*z\s*(?:\\mid|\||,)"), "p(z | x) without its parameter: write p_\\theta(z \\mid x)"),
+    (re.compile(r"\\sigma\s*\(|\\sigma\s*\\left\s*\("), "\\sigma(...) as a function: the sigmoid is \\mathrm{sigmoid}; \\sigma is a standard deviation"),
+    (re.compile(r"\\sum_\{?\s*l\s*=\s*1\s*\}?\^\{?\s*L\b|\\frac\{1\}\{L\}"), "L as a sample count collides with the bound \\mathcal{L}: use S (Monte Carlo) or K (importance)"),
+]
+
+
+# A markdown cell that quotes a formula as it is often written, beside its correction, says so with this
+# comment; its math is exempt (the quoted formula is the point).
+QUOTED_NOTATION = "<!-- quoted notation -->"
+
+
+def notation_breaches(nb, rules) -> list[str]:
+    found = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "markdown" or QUOTED_NOTATION in cell.source:
+            continue
+        for match in MATH.finditer(markdown(cell)):
+            formula = match.group(1) or match.group(2)
+            for pattern, advice in rules:
+                if hit := pattern.search(formula):
+                    found.append(f"{cell_label(nb, index)}: {formula[max(0, hit.start() - 15): hit.end() + 15]!r}: {advice}")
+    return found
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in SERIES])
+def test_markdown_math_keeps_the_notation_contract(path):
+    breaches = notation_breaches(read(path), NOTATION_BREACHES)
+    assert not breaches, f"{path.name} breaks 00's notation table:\n" + "\n".join(breaches)
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in APPENDICES])
+def test_appendix_math_keeps_the_symbols_of_the_contract(path):
+    # An appendix teaches probability in general, so a bare p(x) is fine there; the symbols are not.
+    breaches = notation_breaches(read(path), NOTATION_BREACHES[3:])
+    assert not breaches, f"{path.name} breaks 00's notation table:\n" + "\n".join(breaches)
+
+
+@pytest.mark.parametrize("path", notebook_params())
+def test_code_cells_are_short(path):
+    nb = read(path)
+    long = [f"{cell_label(nb, i)}: {len(c.source.splitlines())} lines" for i, c in enumerate(nb.cells)
+            if c.cell_type == "code" and len(c.source.strip().splitlines()) > MAX_CODE_CELL_LINES]
+    assert not long, (
+        f"{path.name} has code cells over {MAX_CODE_CELL_LINES} lines {long}; split them between short "
+        "paragraphs, or move plotting boilerplate that teaches nothing about VAEs into vae_utils.plotting"
+    )
+
+
+@pytest.mark.parametrize("path", notebook_params())
+def test_notebooks_use_one_import_style(path):
+    nb = read(path)
+    found = [f"{cell_label(nb, i)}: {m.group(0)!r}" for i, c in enumerate(nb.cells) if c.cell_type == "code"
+             for m in re.finditer(r"^\s*(?:from\s+vae_utils[\w.]*\s+import\s+.+|import\s+vae_utils\.\S+.*|import\s+vae_utils\s*$)", c.source, re.M)]
+    assert not found, f"{path.name}: use `import vae_utils as vu` and `vu.name` / `vu.submodule.name` only: {found}"
