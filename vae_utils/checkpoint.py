@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +27,9 @@ import torch
 
 from .device import pick_device
 from .model import VAE, VAEConfig
-from .training import FitResult, History, TrainConfig, default_optimizer, fit
+from .training import History, TrainConfig
 
-__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_or_train"]
+__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "data_key"]
 
 FORMAT = "vae_utils.checkpoint"
 VERSION = 1
@@ -63,8 +62,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _data_key(train_data) -> dict:
-    """What identifies a training set for ``load_or_train``: its name and number of images."""
+def data_key(train_data) -> dict:
+    """What identifies a training set (stored as ``metadata["train_data"]``, compared by
+    ``vae_utils.runs.load_or_train``): its name and number of images."""
     return {"name": train_data.name, "n": len(train_data)}
 
 
@@ -96,7 +96,7 @@ def save_checkpoint(
         "optimizer_state": _optimizer_state_cpu(optimizer.state_dict()) if optimizer is not None else None,
         "history": _plain(history.to_dict()) if history is not None else None,
         "train_config": _plain(train_config.to_dict()) if train_config is not None else None,
-        "metadata": _plain({**(metadata or {}), **({"train_data": _data_key(train_data)} if train_data is not None else {})}),
+        "metadata": _plain({**(metadata or {}), **({"train_data": data_key(train_data)} if train_data is not None else {})}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -240,60 +240,3 @@ def _check_state_matches(path: Path, model: VAE, state: dict) -> None:
             + " | ".join(parts)
             + ". The file was edited or written by mismatched code; delete it and train again."
         )
-
-
-def _train_config_key(train_config: TrainConfig | dict | None) -> dict | None:
-    """The parts of a TrainConfig that decide the result: everything but the device."""
-    if train_config is None:
-        return None
-    values = train_config.to_dict() if isinstance(train_config, TrainConfig) else dict(train_config)
-    values.pop("device", None)
-    return _plain(values)
-
-
-def load_or_train(
-    path: str | os.PathLike,
-    model_config: VAEConfig,
-    train_config: TrainConfig,
-    train_data,
-    test_data=None,
-    progress: bool = True,
-    callback=None,
-) -> FitResult:
-    """Load the model at ``path`` if it was trained with the same ``model_config`` and
-    ``train_config`` (the device aside) on the same training data (its name and size); otherwise
-    train a new ``VAE(model_config)`` with ``fit`` and save it there. Either way returns a
-    ``FitResult`` with the model, its training history and an Adam optimizer holding the stored state.
-
-    ``callback`` is passed to ``fit`` (e.g. a ``LiveLossPlot``); it is not called when loading.
-    A checkpoint with other configs or data is replaced by the new training run. An interrupted
-    run (``interrupted=True``) is returned but not saved, so the next call trains again.
-    """
-    path = Path(path)
-    device = pick_device(train_config.device)
-    if path.exists():
-        try:
-            checkpoint = load_checkpoint(path, device=device)
-        except CheckpointError as err:
-            warnings.warn(f"{err} Training again; the new run will replace it.", stacklevel=2)
-            checkpoint = None
-        if (
-            checkpoint is not None
-            and _plain(checkpoint.model.config.to_dict()) == _plain(model_config.to_dict())
-            and _train_config_key(checkpoint.train_config) == _train_config_key(train_config)
-            and checkpoint.metadata.get("train_data") == _data_key(train_data)
-        ):
-            model = checkpoint.model
-            optimizer = default_optimizer(model, train_config.lr)
-            if checkpoint.optimizer_state is not None:
-                optimizer.load_state_dict(checkpoint.optimizer_state)
-            return FitResult(model, checkpoint.history or History(), optimizer, False)
-
-    torch.manual_seed(train_config.seed)  # the initial weights depend on the seed too
-    model = VAE(model_config)
-    result = fit(model, train_data, test_data, train_config, callback=callback, progress=progress)
-    if not result.interrupted:
-        save_checkpoint(
-            path, result.model, result.optimizer, result.history, train_config, train_data=train_data
-        )
-    return result

@@ -1,8 +1,10 @@
-"""Training a VAE: ``fit`` with a progress bar, a per-epoch history, KL warm-up and clean interrupts.
+"""Training a VAE: ``train_epoch`` (the plain loop) and ``fit`` (the loop with history, KL warm-up,
+a snapshot against NaN, clean interrupts and a progress bar).
 
-The epoch loop never waits for the device: the sums of ELBO, reconstruction and KL and a record of
-the first non-finite loss are accumulated as device tensors and read once per epoch, so on a GPU the
-host queues batches ahead while the device computes (no per-batch ``.item()``).
+``train_epoch`` is the loop a reader writes by hand; ``fit`` wraps it. Neither waits for the device
+inside an epoch: the sums of the objective, ELBO, reconstruction and KL and a record of the first
+non-finite loss stay device tensors and are read once per epoch, so on a GPU the host queues batches
+ahead while the device computes (no per-batch ``.item()``).
 """
 
 from __future__ import annotations
@@ -10,29 +12,31 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .data import ImageDataset
 from .device import pick_device, seed_everything
-from .objectives import negative_elbo_loss, vae_elbo
+from .evaluation import EVAL_BINARIZE_SEED, evaluate_elbo
+from .objectives import ELBO, elbo_objective, iw_objective, vae_elbo
 
 __all__ = [
     "TrainConfig",
     "History",
     "FitResult",
     "TrainingDivergedError",
+    "train_epoch",
     "fit",
-    "evaluate_elbo",
+    "default_optimizer",
 ]
 
-# Test sets are binarized with this seed, so test ELBOs of different runs (and of `python -m
-# vae_utils evaluate`) are computed on the same binary images.
-EVAL_BINARIZE_SEED = 0
+OBJECTIVES = ("elbo", "iw")
+PROGRESS_EVERY = 20  # the progress bar advances every this many batches (a count only: no host sync)
 
 
 @dataclass
@@ -40,12 +44,16 @@ class TrainConfig:
     """How to train. All fields are plain values, so the config goes into checkpoints as a dict.
 
     epochs: passes over the training set. batch_size: examples per step. lr: Adam's learning rate.
-    beta: weight of the KL term in the objective (1 = the ELBO; >1 a beta-VAE).
+    objective: "elbo" (the VAE: maximize reconstruction - beta * KL, one reparameterized sample) or
+        "iw" (the IWAE: maximize the importance-weighted bound with ``k`` samples).
+    beta: weight of the KL term with objective="elbo" (1 = the ELBO; >1 a beta-VAE).
     kl_warmup_epochs: beta ramps linearly from 0 to ``beta`` over this many epochs, step by step
-        (0 = no warm-up). seed: seeds python/torch and the batch order. binarize: dynamic
-        binarization of the training images (each pixel redrawn as Bernoulli(gray) every time; the
-        test set is binarized once with a fixed seed). device: None picks cuda, mps, then cpu.
-    eval_batch_size: batch size for the test-set ELBO after each epoch.
+        (0 = no warm-up; objective="elbo" only).
+    k: importance samples K per example with objective="iw" (k=1 there is the ELBO).
+    seed: seeds python/torch, the batch order and the binarization (the initial weights come from
+        ``VAEConfig.seed``). binarize: dynamic binarization of the training images (each pixel
+        redrawn as Bernoulli(gray) every time; the test set is binarized once with a fixed seed).
+    device: None picks cuda, mps, then cpu. eval_batch_size: batch size for the test-set ELBO.
     """
 
     epochs: int = 10
@@ -57,27 +65,41 @@ class TrainConfig:
     binarize: bool = True
     device: str | None = None
     eval_batch_size: int = 1000
+    objective: str = "elbo"
+    k: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.device, torch.device):
             self.device = str(self.device)
-        checks = [
-            ("epochs", self.epochs, isinstance(self.epochs, int) and self.epochs >= 0, "an int >= 0"),
-            ("batch_size", self.batch_size, isinstance(self.batch_size, int) and self.batch_size >= 1, "an int >= 1"),
-            ("lr", self.lr, self.lr > 0 and math.isfinite(self.lr), "a positive number"),
-            ("beta", self.beta, self.beta >= 0 and math.isfinite(self.beta), "a number >= 0"),
-            ("kl_warmup_epochs", self.kl_warmup_epochs, self.kl_warmup_epochs >= 0, "a number >= 0"),
-            ("eval_batch_size", self.eval_batch_size, isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1, "an int >= 1"),
-        ]
-        for name, value, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"TrainConfig.{name} must be {expected}, got {value!r}.")
+        _check_int("epochs", self.epochs, 0, "epochs=10")
+        _check_int("batch_size", self.batch_size, 1, "batch_size=128")
+        _check_int("eval_batch_size", self.eval_batch_size, 1, "eval_batch_size=1000")
+        _check_int("seed", self.seed, None, "seed=0")
+        _check_int("k", self.k, 1, "k=5")
+        self.lr = _check_number("lr", self.lr, "> 0", "lr=1e-3")
+        self.beta = _check_number("beta", self.beta, ">= 0", "beta=1.0")
+        self.kl_warmup_epochs = _check_number("kl_warmup_epochs", self.kl_warmup_epochs, ">= 0", "kl_warmup_epochs=2")
+        if not isinstance(self.binarize, bool):
+            raise ValueError(f"TrainConfig.binarize must be True or False, got {self.binarize!r}; "
+                             "write binarize=False (without quotes) to train on gray levels.")
+        if self.device is not None and not isinstance(self.device, str):
+            raise ValueError(f"TrainConfig.device must be a str such as 'cpu' or 'cuda', or None, got {self.device!r}.")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"TrainConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+        if self.objective == "iw" and (self.beta != 1 or self.kl_warmup_epochs != 0):
+            raise ValueError("TrainConfig: beta and kl_warmup_epochs apply to objective='elbo' only; "
+                             f"with objective='iw' leave them at 1 and 0 (got beta={self.beta:g}, "
+                             f"kl_warmup_epochs={self.kl_warmup_epochs:g}).")
+        if self.objective == "elbo" and self.k != 1:
+            raise ValueError(f"TrainConfig.k={self.k} needs objective='iw' (importance-weighted training); "
+                             "the ELBO uses one sample. Write TrainConfig(objective='iw', k=...).")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Inverse of to_dict; fields added since (objective, k) take their defaults."""
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -85,17 +107,36 @@ class TrainConfig:
         return cls(**values)
 
 
+def _check_int(name: str, value: Any, minimum: int | None, example: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ValueError(f"TrainConfig.{name} must be an int{bound}, got {value!r} ({type(value).__name__}); "
+                         f"write e.g. {example}.")
+
+
+def _check_number(name: str, value: Any, bound: str, example: str) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (value > 0 if bound == "> 0" else value >= 0)
+    if not ok:
+        hint = " (a number, not a string: no quotes)" if isinstance(value, str) else ""
+        raise ValueError(f"TrainConfig.{name} must be a finite number {bound}, got {value!r}{hint}; "
+                         f"write e.g. {example}.")
+    return float(value)
+
+
 _HISTORY_KEYS = (
     "epoch",
     "train_elbo",
     "train_reconstruction",
     "train_kl",
+    "train_objective",
     "test_elbo",
     "test_reconstruction",
     "test_kl",
     "beta",
     "seconds",
 )
+_OPTIONAL_KEYS = ("train_objective",)  # absent from histories saved before it existed: filled with None
 
 
 @dataclass
@@ -104,15 +145,17 @@ class History:
 
     ELBO, reconstruction and KL are means per example in nats (ELBO = reconstruction - KL, higher is
     better). ``train_*`` average over the epoch's batches while the model was changing, and
-    ``train_elbo`` is the true ELBO (beta = 1) even when a beta or warm-up weights the objective;
-    ``beta`` is the weight in use at the end of the epoch. ``test_*`` are None without a test set.
-    ``seconds`` is the wall time of the epoch including the test evaluation.
+    ``train_elbo`` is the true ELBO (beta = 1) even when a beta, a warm-up or the IW bound is what
+    was optimized; ``train_objective`` is the mean of what was maximized (reconstruction - beta * KL,
+    or the K-sample IW bound). ``beta`` is the weight in use at the end of the epoch. ``test_*`` are
+    None without a test set. ``seconds`` is the wall time of the epoch including the test evaluation.
     """
 
     epoch: list[int] = field(default_factory=list)
     train_elbo: list[float] = field(default_factory=list)
     train_reconstruction: list[float] = field(default_factory=list)
     train_kl: list[float] = field(default_factory=list)
+    train_objective: list[float | None] = field(default_factory=list)
     test_elbo: list[float | None] = field(default_factory=list)
     test_reconstruction: list[float | None] = field(default_factory=list)
     test_kl: list[float | None] = field(default_factory=list)
@@ -123,12 +166,12 @@ class History:
         return len(self.epoch)
 
     def append(self, **values: Any) -> None:
-        """Add one epoch; ``values`` must name every field."""
-        missing = set(_HISTORY_KEYS) - set(values)
+        """Add one epoch; ``values`` must name every field (``train_objective`` may be left out)."""
+        missing = set(_HISTORY_KEYS) - set(values) - set(_OPTIONAL_KEYS)
         if missing:
             raise ValueError(f"History.append is missing {sorted(missing)}.")
         for key in _HISTORY_KEYS:
-            getattr(self, key).append(values[key])
+            getattr(self, key).append(values.get(key))
 
     def last(self) -> dict[str, Any]:
         """The last epoch's values as a dict ({} before the first epoch)."""
@@ -145,10 +188,12 @@ class History:
         unknown = set(values) - set(_HISTORY_KEYS)
         if unknown:
             raise ValueError(f"Unknown History field(s) {sorted(unknown)}; known: {list(_HISTORY_KEYS)}.")
-        lengths = {key: len(values.get(key, [])) for key in _HISTORY_KEYS}
+        n = len(values.get("epoch", []))
+        values = {key: values.get(key, [None] * n if key in _OPTIONAL_KEYS else []) for key in _HISTORY_KEYS}
+        lengths = {key: len(value) for key, value in values.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"History fields must all have the same length; got {lengths}.")
-        return cls(**{key: list(values.get(key, [])) for key in _HISTORY_KEYS})
+        return cls(**{key: list(value) for key, value in values.items()})
 
 
 class FitResult(NamedTuple):
@@ -175,6 +220,38 @@ class TrainingDivergedError(RuntimeError):
         self.history = history
 
 
+SUM_KEYS = ("n", "objective", "elbo", "reconstruction", "kl")
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[Tensor],
+    optimizer: torch.optim.Optimizer,
+    objective: Callable[[nn.Module, Tensor], ELBO] | None = None,
+) -> dict[str, Tensor]:
+    """One pass of the plain training loop: for each batch ``x: [B, C, H, W]`` in [0, 1], one
+    gradient step on the loss ``-objective(model, x).elbo.mean()`` (nats per example, minimized).
+
+    objective: ``(model, x) -> ELBO`` with [B] terms; default ``objectives.elbo_objective()``.
+    Returns sums over the examples as 0-d tensors on the model's device, keyed by ``SUM_KEYS``:
+    ``n``, ``objective`` (its ``elbo`` field), ``elbo`` (reconstruction - KL), ``reconstruction``,
+    ``kl``. Nothing here waits for the device: read them once, after the epoch.
+    """
+    objective = objective or elbo_objective()
+    model.train()
+    sums = torch.zeros(len(SUM_KEYS), device=next(model.parameters()).device)
+    for x in batches:
+        terms = objective(model, x)
+        loss = -terms.elbo.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            r, kl = terms.reconstruction.sum(), terms.kl.sum()
+            sums += torch.stack((torch.ones_like(terms.elbo).sum(), terms.elbo.sum(), r - kl, r, kl))
+    return dict(zip(SUM_KEYS, sums.unbind()))
+
+
 def fit(
     model: nn.Module,
     train_data: ImageDataset,
@@ -184,116 +261,42 @@ def fit(
     callback: Callable[[History], None] | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Train ``model`` (a VAE) by minimizing the negative ELBO, mean over each batch.
+    """Train ``model`` (a VAE) with ``train_epoch``, ``config.epochs`` times, and record a History.
 
-    Args:
-        model: a ``VAE``; moved to the training device (``config.device``, or cuda/mps/cpu).
-        train_data: ``ImageDataset`` (uint8 images), moved to the same device.
-        test_data: optional; its ELBO is computed after every epoch (binarized once with a fixed
-            seed when ``config.binarize``).
-        config: ``TrainConfig`` (defaults: 10 epochs, batch 128, Adam 1e-3, dynamic binarization).
-        optimizer: defaults to ``Adam(model.parameters(), lr=config.lr)`` (fused where available).
-        callback: called as ``callback(history)`` after each epoch (e.g. a live loss plot).
-        progress: show a tqdm bar over epochs (a widget in Jupyter, text in a terminal).
-
-    Returns ``FitResult(model, history, optimizer, interrupted)``.
-
-    Interrupting (Ctrl-C, or the notebook's stop button) stops cleanly: the result has
-    ``interrupted=True``, the model keeps the weights of the steps it took, and the history holds
-    the completed epochs only (the partial epoch is dropped).
-
-    Raises ``TrainingDivergedError`` when a loss is NaN or inf, naming the epoch and step of the
-    first bad loss. The check runs once per epoch (one host sync per epoch), so the model and
-    optimizer are restored to the end of the previous epoch and attached to the error together
-    with the history (``err.model``, ``err.history``).
+    test_data: its ELBO is computed after every epoch (binarized once with a fixed seed when
+    ``config.binarize``). optimizer: default Adam(lr=config.lr). callback(history): after each
+    epoch (e.g. a live loss plot). progress: a bar over batches, ticking every 20 (count only).
+    Model and data go to ``config.device``. Returns ``FitResult(model, history, optimizer,
+    interrupted)``. Ctrl-C (or the notebook's stop button) stops cleanly: ``interrupted=True``, the
+    weights of the steps taken, the completed epochs only in the history. A NaN or inf loss raises
+    ``TrainingDivergedError`` naming the epoch and step, with model and optimizer restored to the end
+    of the previous epoch (checked once per epoch: one host sync per epoch).
     """
-    config = config or TrainConfig()
-    device = pick_device(config.device)
-    seed_everything(config.seed)
-    # Batch order and binarization come from a generator on the data's device.
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    model.to(device)
-    train_data = train_data.to(device)
-    if len(train_data) == 0:
-        raise ValueError("train_data is empty.")
-    if optimizer is None:
-        optimizer = default_optimizer(model, config.lr)
-    eval_set = None
-    if test_data is not None:
-        test_data = test_data.to(device)
-        eval_set = test_data.binarized(EVAL_BINARIZE_SEED) if config.binarize else test_data
-
-    history = History()
-    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
-    warmup_steps = config.kl_warmup_epochs * steps_per_epoch
-
-    bar = _progress_bar(config.epochs, progress)
-    interrupted = False
-    global_step = 0
+    config = TrainConfig() if config is None else config
+    _check_fit_inputs(model, train_data, test_data, config, optimizer)
+    history, run, interrupted = History(), None, False
     try:
+        run = _Run(model, train_data, test_data, config, optimizer, progress)
         for epoch in range(1, config.epochs + 1):
             start = time.perf_counter()
-            # A cheap snapshot (parameters and Adam moments) to return to if this epoch diverges.
-            snapshot = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
-            model.train()
-            sums = torch.zeros(3, device=device)  # sum over examples of elbo(beta=1), reconstruction, kl
-            step_counter = torch.zeros((), dtype=torch.long, device=device)
-            first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
-            beta = config.beta
-            for x in train_data.batches(config.batch_size, generator=generator, binarize=config.binarize):
-                global_step += 1
-                beta = config.beta * min(1.0, global_step / warmup_steps) if warmup_steps > 0 else config.beta
-                terms = vae_elbo(model, x, beta=beta)
-                loss = negative_elbo_loss(terms)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():  # device-side bookkeeping only: nothing here waits for the device
-                    reconstruction, kl = terms.reconstruction.sum(), terms.kl.sum()
-                    sums += torch.stack((reconstruction - kl, reconstruction, kl))
-                    step_counter += 1
-                    first_bad_step = torch.where(
-                        (first_bad_step < 0) & ~torch.isfinite(loss), step_counter, first_bad_step
-                    )
-
-            bad_step = int(first_bad_step)  # the one host sync of the epoch (with `sums` below)
-            if bad_step >= 0:
-                model.load_state_dict(snapshot[0])
-                optimizer.load_state_dict(snapshot[1])
-                raise _diverged(epoch, bad_step, steps_per_epoch, config, train_data, model, optimizer, history)
-
-            train = (sums / len(train_data)).tolist()
-            test = (
-                evaluate_elbo(model, eval_set, batch_size=config.eval_batch_size, binarize_seed=None)
-                if eval_set is not None
-                else {"elbo": None, "reconstruction": None, "kl": None}
-            )
-            history.append(
-                epoch=epoch,
-                train_elbo=train[0],
-                train_reconstruction=train[1],
-                train_kl=train[2],
-                test_elbo=test["elbo"],
-                test_reconstruction=test["reconstruction"],
-                test_kl=test["kl"],
-                beta=beta,
-                seconds=time.perf_counter() - start,
-            )
-            if bar is not None:
-                postfix = {"train_elbo": f"{train[0]:.2f}"}
-                if test["elbo"] is not None:
-                    postfix["test_elbo"] = f"{test['elbo']:.2f}"
-                bar.set_postfix(postfix, refresh=False)
-                bar.update(1)
+            run.start_epoch()
+            sums = train_epoch(model, run.batches(), run.optimizer, run.objective)
+            train = run.end_epoch(sums, epoch, history)  # the epoch's one host sync
+            history.append(epoch=epoch, **train, **run.evaluate(), beta=run.objective.beta,
+                           seconds=time.perf_counter() - start)
+            run.show(history)
             if callback is not None:
                 callback(history)
     except KeyboardInterrupt:
         interrupted = True
+        if run is not None:
+            run.restore_if_diverged()
     finally:
-        if bar is not None:
-            bar.close()
+        if run is not None:
+            run.close()
     model.eval()
-    return FitResult(model, history, optimizer, interrupted)
+    return FitResult(model, history, run.optimizer if run else optimizer or default_optimizer(model, config.lr),
+                     interrupted)
 
 
 def default_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
@@ -308,12 +311,158 @@ def default_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=lr)
 
 
-def _progress_bar(epochs: int, progress: bool):
+# ------------------------------------------------------------------------------ fit's helpers
+def _check_fit_inputs(model, train_data, test_data, config, optimizer) -> None:
+    """Refuse, before any training, what would fail after an epoch or silently train nothing."""
+    if not isinstance(model, nn.Module) or not all(hasattr(model, m) for m in ("encode", "decode", "log_likelihood")):
+        raise TypeError(f"fit trains a VAE (an nn.Module with encode, decode and log_likelihood), got "
+                        f"{type(model).__name__}; build one with vu.VAE(vu.VAEConfig(...)).")
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"fit: config must be a TrainConfig, got {type(config).__name__}; write TrainConfig(epochs=...).")
+    expected = getattr(getattr(model, "config", None), "image_shape", None)
+    for name, data in (("train_data", train_data), ("test_data", test_data)):
+        if data is None and name == "test_data":
+            continue
+        if not isinstance(data, ImageDataset):
+            hint = (" (wrap a uint8 image tensor [N, C, H, W] as vu.ImageDataset(images, labels, classes, name))"
+                    if isinstance(data, Tensor) else "")
+            raise TypeError(f"fit: {name} must be an ImageDataset, got {type(data).__name__}{hint}; "
+                            "load one with vu.load_dataset(...).")
+        if len(data) == 0:
+            raise ValueError(f"fit: {name} is empty (0 images); pass a data set with images, or test_data=None.")
+        if expected is not None and tuple(data.image_shape) != tuple(expected):
+            raise ValueError(f"fit: {name} holds images of shape {tuple(data.image_shape)}, but the model was built "
+                             f"for image_shape={tuple(expected)}; use matching data or build VAE(VAEConfig(image_shape=...)).")
+    if optimizer is not None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"fit: optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}.")
+        mine = {id(p) for p in model.parameters()}
+        if not any(id(p) in mine for group in optimizer.param_groups for p in group["params"]):
+            raise ValueError("fit: the optimizer holds none of the model's parameters (was it built for another "
+                             "model?); pass torch.optim.Adam(model.parameters()) or leave optimizer=None.")
+
+
+class _FitObjective:
+    """What fit maximizes, step by step: the config's objective with the warm-up beta of the current
+    step, plus a device-side note of the epoch's first step whose objective is not finite."""
+
+    def __init__(self, config: TrainConfig, steps_per_epoch: int, device: torch.device):
+        self.config, self.device = config, device
+        self.iw = iw_objective(config.k) if config.objective == "iw" else None
+        self.warmup_steps = config.kl_warmup_epochs * steps_per_epoch
+        self.beta, self.global_step = config.beta, 0
+        self.new_epoch()
+
+    def new_epoch(self) -> None:
+        self.step = 0
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+
+    def __call__(self, model: nn.Module, x: Tensor) -> ELBO:
+        self.step += 1
+        self.global_step += 1
+        if self.iw is not None:
+            terms = self.iw(model, x)
+        else:
+            if self.warmup_steps > 0:
+                self.beta = self.config.beta * min(1.0, self.global_step / self.warmup_steps)
+            terms = vae_elbo(model, x, beta=self.beta)
+        with torch.no_grad():  # device-side: no host sync
+            bad = (self.first_bad < 0) & ~torch.isfinite(terms.elbo.sum())
+            self.first_bad = torch.where(bad, self.first_bad.new_full((), self.step), self.first_bad)
+        return terms
+
+
+class _Run:
+    """fit's state between epochs: device, data, optimizer, objective, snapshot and progress bar."""
+
+    def __init__(self, model, train_data, test_data, config, optimizer, progress):
+        self.model, self.config = model, config
+        device = pick_device(config.device)
+        seed_everything(config.seed)
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)  # batch order, binarization
+        model.to(device)
+        self.train_data = train_data.to(device)
+        self.optimizer = default_optimizer(model, config.lr) if optimizer is None else optimizer
+        self.eval_set = None
+        if test_data is not None:
+            test_data = test_data.to(device)
+            self.eval_set = test_data.binarized(EVAL_BINARIZE_SEED) if config.binarize else test_data
+        self.steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+        self.objective = _FitObjective(config, self.steps_per_epoch, device)
+        self.snapshot = None
+        self.bar = _progress_bar(config.epochs * self.steps_per_epoch, progress)
+
+    def start_epoch(self) -> None:
+        """A cheap snapshot (parameters and Adam moments) to return to if this epoch diverges."""
+        self.snapshot = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+        self.objective.new_epoch()
+
+    def batches(self) -> Iterator[Tensor]:
+        config = self.config
+        batches = self.train_data.batches(config.batch_size, generator=self.generator, binarize=config.binarize)
+        return batches if self.bar is None else _ticking(batches, self.bar)
+
+    def end_epoch(self, sums: dict[str, Tensor], epoch: int, history: History) -> dict[str, float]:
+        """Read the epoch's sums (one host sync); raise TrainingDivergedError after a bad step."""
+        n, objective, elbo, reconstruction, kl, bad = torch.stack(
+            [*sums.values(), self.objective.first_bad.to(sums["n"].dtype)]).tolist()
+        if bad >= 0:
+            self._restore()
+            raise _diverged(epoch, int(bad), self.steps_per_epoch, self.config, self.train_data,
+                            self.model, self.optimizer, history)
+        return {"train_elbo": elbo / n, "train_reconstruction": reconstruction / n, "train_kl": kl / n,
+                "train_objective": objective / n}
+
+    def evaluate(self) -> dict[str, float | None]:
+        if self.eval_set is None:
+            return {"test_elbo": None, "test_reconstruction": None, "test_kl": None}
+        test = evaluate_elbo(self.model, self.eval_set, batch_size=self.config.eval_batch_size, binarize_seed=None)
+        return {"test_elbo": test["elbo"], "test_reconstruction": test["reconstruction"], "test_kl": test["kl"]}
+
+    def show(self, history: History) -> None:
+        if self.bar is not None:
+            last = history.last()
+            postfix = {"epoch": f"{last['epoch']}/{self.config.epochs}", "train_elbo": f"{last['train_elbo']:.2f}"}
+            if last["test_elbo"] is not None:
+                postfix["test_elbo"] = f"{last['test_elbo']:.2f}"
+            self.bar.set_postfix(postfix)
+
+    def restore_if_diverged(self) -> None:
+        """After an interrupt: never hand back weights from an epoch that already went non-finite."""
+        bad = int(self.objective.first_bad)
+        if bad >= 0 and self.snapshot is not None:
+            self._restore()
+            warnings.warn(
+                f"Training was interrupted in an epoch whose loss had already become NaN or inf (at step {bad}); "
+                "the model and optimizer were restored to the end of the previous epoch. Lower the learning "
+                "rate or use a KL warm-up before training again.", RuntimeWarning, stacklevel=3)
+
+    def _restore(self) -> None:
+        self.model.load_state_dict(self.snapshot[0])
+        self.optimizer.load_state_dict(self.snapshot[1])
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress_bar(total_batches: int, progress: bool):
     if not progress:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=epochs, desc="training", unit="epoch")
+    return tqdm(total=total_batches, desc="training", unit="batch")
+
+
+def _ticking(batches: Iterable[Tensor], bar, every: int = PROGRESS_EVERY) -> Iterator[Tensor]:
+    """Pass the batches through, advancing ``bar`` by a count every ``every`` batches (no host sync)."""
+    count = 0
+    for x in batches:
+        yield x
+        count += 1
+        if count % every == 0:
+            bar.update(every)
+    bar.update(count % every)
 
 
 def _diverged(epoch, step, steps_per_epoch, config, train_data, model, optimizer, history):
@@ -327,54 +476,3 @@ def _diverged(epoch, step, steps_per_epoch, config, train_data, model, optimizer
         "or use a KL warm-up (kl_warmup_epochs)."
     )
     return TrainingDivergedError(message, epoch=epoch, step=step, model=model, optimizer=optimizer, history=history)
-
-
-def _eval_batches(data: ImageDataset | torch.Tensor, batch_size: int, device: torch.device):
-    """Batches ``x: float [B, C, H, W]`` in [0, 1], in order, from a data set or an image tensor."""
-    if isinstance(data, ImageDataset):
-        yield from data.to(device).batches(batch_size, shuffle=False)
-        return
-    images = data.to(device)
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start : start + batch_size]
-        yield x.float().div_(255) if x.dtype == torch.uint8 else x
-
-
-@torch.no_grad()
-def evaluate_elbo(
-    model: nn.Module,
-    data: ImageDataset | torch.Tensor,
-    batch_size: int = 1000,
-    binarize_seed: int | None = EVAL_BINARIZE_SEED,
-    seed: int = 0,
-) -> dict[str, float]:
-    """The ELBO of ``model`` on ``data``: means over examples of the per-example ELBO (beta = 1),
-    reconstruction E_q log p(x|z) and KL(q(z|x) || p(z)), in nats. Higher ELBO is better.
-
-    data: an ``ImageDataset``, or images ``[N, C, H, W]`` (uint8 0..255 or float in [0, 1]).
-    binarize_seed: an ``ImageDataset`` is binarized with ``data.binarized(binarize_seed)`` first
-        (the evaluation set for models trained with dynamic binarization); None uses the gray
-        levels as they are. Tensors are used as given.
-    seed: seeds the one reparameterized sample per example (in a forked RNG, so evaluating does
-        not change the training run's random stream).
-
-    Returns ``{"elbo", "reconstruction", "kl", "n"}`` (floats; ``n`` the number of examples).
-    """
-    device = next(model.parameters()).device
-    if isinstance(data, ImageDataset) and binarize_seed is not None:
-        data = data.to(device).binarized(binarize_seed)
-    n = len(data)
-    if n == 0:
-        raise ValueError("evaluate_elbo: the data set is empty.")
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, device=device)
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
-        for x in _eval_batches(data, batch_size, device):
-            terms = vae_elbo(model, x)
-            sums += torch.stack((terms.elbo.sum(), terms.reconstruction.sum(), terms.kl.sum()))
-    model.train(was_training)
-    elbo, reconstruction, kl = (sums / n).tolist()
-    return {"elbo": elbo, "reconstruction": reconstruction, "kl": kl, "n": n}
