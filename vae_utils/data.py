@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import functools
 import gzip
+import numbers
 import os
+import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .model import mark_checked
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -106,15 +110,46 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
 
 
 def _cache_key(path: str | os.PathLike) -> tuple[str, int, int]:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"read_idx takes a file path (str or pathlib.Path), got {type(path).__name__}")
     resolved = Path(path).expanduser().resolve()
-    stat = resolved.stat()  # FileNotFoundError for a missing file, as it should be
-    return str(resolved), stat.st_size, stat.st_mtime_ns
+    info = resolved.stat()  # FileNotFoundError for a missing file, as it should be
+    if resolved.is_dir():
+        idx = sorted(p.name for p in resolved.glob("*-idx?-ubyte*"))[:4]
+        inside = f" It holds {', '.join(idx)}." if idx else ""
+        raise IsADirectoryError(
+            f"{resolved} is a folder, not an idx file.{inside} Pass one file, e.g. "
+            f"read_idx('{resolved / 'train-images-idx3-ubyte'}'), or load the whole set with "
+            f"load_dataset(root='{resolved}')."
+        )
+    if not _readable(resolved):
+        raise _unreadable(resolved)
+    return str(resolved), info.st_size, info.st_mtime_ns
+
+
+def _readable(path: Path, folder: bool = False) -> bool:
+    """Whether this process may read ``path`` (and, for a folder, search it)."""
+    return os.access(path, os.R_OK | (os.X_OK if folder else 0))
+
+
+def _unreadable(path: Path, folder: bool = False) -> PermissionError:
+    what = "look inside the folder" if folder else "read"
+    mode = "a+rx" if folder else "a+r"
+    return PermissionError(
+        13,
+        f"Cannot {what} {path}: permission denied. Give yourself access (chmod {mode} '{path}', or ask "
+        "the owner), or copy the idx files to a folder you can read and pass load_dataset(..., root=that_folder)",
+        str(path),
+    )
 
 
 @functools.lru_cache(maxsize=16)
 def _read_idx_cached(path: str, size: int, mtime_ns: int) -> torch.Tensor:
     """Parse ``path``; ``size`` and ``mtime_ns`` are only part of the cache key."""
-    raw = Path(path).read_bytes()
+    try:
+        raw = Path(path).read_bytes()
+    except PermissionError:
+        raise _unreadable(Path(path)) from None
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
@@ -180,12 +215,32 @@ class ImageDataset:
     name: str
 
     def __post_init__(self) -> None:
+        # uint8 pixels are in 0..255 by construction, so every batch (pixels / 255) is in [0, 1]:
+        # the one value check a data set needs is this dtype check, done once here.
+        for field_name in ("images", "labels"):
+            value = getattr(self, field_name)
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"ImageDataset.{field_name} must be a torch.Tensor, got {type(value).__name__}; "
+                    "convert it with torch.as_tensor(x)"
+                )
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            fix = "Convert float images in [0, 1] with (x * 255).round().to(torch.uint8)"
+            if self.images.is_floating_point() and self.images.numel() and float(self.images.max()) > 1.0:
+                fix = (
+                    f"These floats go up to {float(self.images.max()):g}, so they look like 0..255 pixels: "
+                    "convert them with x.round().to(torch.uint8)"
+                )
             raise ValueError(
                 f"ImageDataset.images must be uint8 [N, C, H, W] (gray levels 0..255); got "
-                f"{self.images.dtype} {list(self.images.shape)}. Convert float images in [0, 1] with "
-                "(x * 255).round().to(torch.uint8) and add a channel dim with x.unsqueeze(1)."
+                f"{self.images.dtype} {list(self.images.shape)}. {fix}, and add a channel dim with x.unsqueeze(1)."
             )
+        if self.labels.is_floating_point() or self.labels.dtype == torch.bool:
+            raise TypeError(
+                f"ImageDataset.labels must hold integer class indices, got dtype {self.labels.dtype}; use labels.long()"
+            )
+        if not isinstance(self.name, str):
+            raise TypeError(f"ImageDataset.name must be a str, got {type(self.name).__name__}")
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(
                 f"ImageDataset.labels must have shape [N] = [{self.images.shape[0]}]; "
@@ -224,16 +279,48 @@ class ImageDataset:
         return self.images.float().div_(255)
 
     def subset(self, n_or_index: int | slice | torch.Tensor | list[int]) -> ImageDataset:
-        """The first ``n`` examples (an int), or the examples picked by a slice, index list or tensor."""
-        if isinstance(n_or_index, int):
-            if not 0 <= n_or_index <= len(self):
-                raise ValueError(f"subset({n_or_index}): n must be in 0..{len(self)}.")
-            index: slice | torch.Tensor = slice(0, n_or_index)
+        """The first ``n`` examples (an int), or the examples picked by a slice, an index list or
+        tensor, or a boolean mask ``[N]``."""
+        if isinstance(n_or_index, (bool, float)):
+            raise TypeError(
+                f"subset({n_or_index!r}): pass an int count (e.g. subset({int(n_or_index)})), a slice, "
+                "or a list/tensor of indices"
+            )
+        if isinstance(n_or_index, numbers.Integral):
+            n = int(n_or_index)
+            if not 0 <= n <= len(self):
+                raise ValueError(f"subset({n}): n must be in 0..{len(self)}.")
+            index: slice | torch.Tensor = slice(0, n)
         elif isinstance(n_or_index, slice):
             index = n_or_index
         else:
-            index = torch.as_tensor(n_or_index, dtype=torch.long, device=self.device)
+            index = self._index_tensor(n_or_index)
         return ImageDataset(self.images[index], self.labels[index], self.classes, self.name)
+
+    def _index_tensor(self, indices) -> torch.Tensor:
+        """Indices (ints, or a bool mask [N]) as a tensor on the data's device, or a clear error."""
+        try:
+            index = torch.as_tensor(indices, device=self.device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(
+                f"subset takes an int, a slice, or a list/tensor of indices, got {type(indices).__name__} ({err})"
+            ) from None
+        if index.dtype == torch.bool:
+            if index.shape != (len(self),):
+                raise ValueError(f"a boolean mask for subset must have shape [{len(self)}], got {list(index.shape)}")
+            return index
+        if index.is_floating_point() or index.is_complex() or index.dim() > 1:
+            raise TypeError(
+                f"subset takes integer indices (a list or a 1-d tensor), got {index.dtype} {list(index.shape)}; "
+                "use .long() for whole-number floats"
+            )
+        index = index.long().reshape(-1)
+        if index.numel() and not (-len(self) <= int(index.min()) and int(index.max()) < len(self)):
+            raise IndexError(
+                f"subset: indices must be in -{len(self)}..{len(self) - 1}, got values from "
+                f"{int(index.min())} to {int(index.max())}"
+            )
+        return index
 
     def batches(
         self,
@@ -247,14 +334,27 @@ class ImageDataset:
 
         The order comes from one ``randperm`` on the data's device, so each example appears exactly
         once per pass; batches are ``index_select`` on the uint8 tensor, converted to float on the fly.
+        Each batch is marked with ``vae_utils.model.mark_checked`` (its values are in [0, 1] by
+        construction), so ``VAE.encode`` skips its value check and training never syncs per batch.
         With ``binarize=True`` every pixel is redrawn as ``Bernoulli(x)`` each time it is served
         (dynamic binarization). ``generator`` drives both the order and the binarization; one on a
         different device than the data is used to seed one on the data's device.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        for flag, value in (("shuffle", shuffle), ("binarize", binarize), ("drop_last", drop_last)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be True or False, got {value!r}.")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+                "for a seed write torch.Generator().manual_seed(seed)"
+            )
+        # The arguments are checked here, at the call; the batches come from a generator.
+        return self._batches(int(batch_size), shuffle, _generator_on(self.device, generator), binarize, drop_last)
+
+    def _batches(self, batch_size, shuffle, generator, binarize, drop_last) -> Iterator[torch.Tensor]:
         n = len(self)
-        generator = _generator_on(self.device, generator)
         order = torch.randperm(n, device=self.device, generator=generator) if shuffle else None
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
@@ -263,7 +363,8 @@ class ImageDataset:
             else:
                 x = self.images.index_select(0, order[start : start + batch_size])
             x = x.float().div_(255)
-            yield torch.bernoulli(x, generator=generator) if binarize else x
+            # uint8 / 255 (or its binarization) is in [0, 1]: marked, so VAE.encode need not check it.
+            yield mark_checked(torch.bernoulli(x, generator=generator) if binarize else x)
 
     def binarized(self, seed: int = 0) -> ImageDataset:
         """A fixed stochastic binarization: each pixel is 255 with probability ``gray/255``, else 0.
@@ -315,11 +416,20 @@ def load_dataset(
     """
     from .device import pick_device
 
+    valid = ", ".join(repr(n) for n in DATASET_NAMES)
+    if not isinstance(name, str):
+        raise TypeError(f"load_dataset: name must be a str, one of {valid}; got {name!r}.")
+    if not isinstance(split, str):
+        raise TypeError(f"load_dataset: split must be 'train' or 'test', got {split!r}.")
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"load_dataset: root must be a folder path (str or pathlib.Path) or None, got {root!r}.")
+    if download is not None and not isinstance(download, bool):
+        raise TypeError(f"load_dataset: download must be True, False or None, got {download!r}.")
     key = name.lower().replace("_", "-")
     key = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist"}.get(key, key)
     if key not in _DATASETS:
         raise ValueError(
-            f"Unknown dataset {name!r}. Valid names: {', '.join(repr(n) for n in DATASET_NAMES)}."
+            f"Unknown dataset {name!r}. Valid names: {valid}."
         )
     if split not in _SPLIT_PREFIX:
         raise ValueError(f"Unknown split {split!r}. Valid splits: 'train', 'test'.")
@@ -327,6 +437,8 @@ def load_dataset(
 
     searched: list[Path] = []
     files = _find_split(key, split, root, searched)
+    if files is None:
+        _raise_if_unreadable(searched)
     download_error = None
     if files is None and download is not False:
         download_error = _download(key)
@@ -393,9 +505,26 @@ def _find_split(
 def _find_file(folder: Path, stem: str) -> Path | None:
     # The plain file first: it is what torchvision leaves next to the .gz, and it reads faster.
     for candidate in (folder / stem, folder / f"{stem}.gz"):
-        if candidate.is_file():
-            return candidate
+        try:
+            if stat.S_ISREG(candidate.stat().st_mode):
+                return candidate
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except PermissionError:  # the folder cannot be searched: load_dataset says so if nothing is found
+            return None
     return None
+
+
+def _raise_if_unreadable(searched: list[Path]) -> None:
+    """Nothing was found: if a folder on the search path exists but cannot be searched or read,
+    that is the likely reason, so say so (with the path) instead of "not found"."""
+    for folder in searched:
+        try:
+            exists = folder.is_dir()
+        except PermissionError:  # its parent cannot be searched
+            raise _unreadable(folder.parent, folder=True) from None
+        if exists and not _readable(folder, folder=True):
+            raise _unreadable(folder, folder=True)
 
 
 def _download(name: str) -> str | None:

@@ -23,7 +23,7 @@ from .objectives import (
     standard_normal,
 )
 
-__all__ = ["VAEConfig", "VAEOutput", "VAE"]
+__all__ = ["VAEConfig", "VAEOutput", "VAE", "check_images", "mark_checked"]
 
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -65,7 +65,7 @@ class VAEConfig:
             raise ValueError(f"latent_dim must be a positive int, got {self.latent_dim!r}")
         self.latent_dim = int(self.latent_dim)
 
-        if self.architecture not in ARCHITECTURES:
+        if not isinstance(self.architecture, str) or self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
 
         if self.hidden_dims is None:
@@ -100,7 +100,7 @@ class VAEConfig:
         if self.architecture == "conv":
             conv_feature_shape(self.image_shape, self.hidden_dims)  # a clear error if it does not fit
 
-        if self.likelihood not in LIKELIHOODS:
+        if not isinstance(self.likelihood, str) or self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.decoder_std is not None:
             if self.likelihood != "gaussian":
@@ -108,13 +108,17 @@ class VAEConfig:
                     "decoder_std applies only to likelihood='gaussian'; leave it None for 'bernoulli'"
                 )
             std = self.decoder_std
-            if not isinstance(std, numbers.Real) or not (std > 0 and math.isfinite(std)):
+            if isinstance(std, bool) or not isinstance(std, numbers.Real) or not (std > 0 and math.isfinite(std)):
                 raise ValueError(
                     f"decoder_std must be a positive finite number (or None to learn it), got {std!r}"
                 )
             self.decoder_std = float(self.decoder_std)
-        if self.seed is not None and not _is_int(self.seed):
-            raise ValueError(f"seed must be an int (or None for the global RNG), got {self.seed!r}")
+        if self.seed is not None and not (_is_int(self.seed) and -(2**63) <= self.seed < 2**64):
+            raise ValueError(
+                f"seed must be an int in [-2**63, 2**64) (or None for the global RNG), got {self.seed!r}"
+            )
+        if self.seed is not None:
+            self.seed = int(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields (tuples as lists, so it is JSON- and weights_only-safe)."""
@@ -128,6 +132,160 @@ class VAEConfig:
         if unknown:
             raise ValueError(f"unknown VAEConfig field(s) {unknown}; known fields: {sorted(known)}")
         return cls(**data)
+
+
+# ------------------------------------------------------------------ input checks
+# The value check (min and max of the batch) is a reduction and, on a GPU, a host sync. Tensors known
+# to hold values in [0, 1] -- the batches ImageDataset.batches makes from uint8 pixels -- carry this
+# attribute (set by ``mark_checked``), and VAE.encode skips the value check for them, so ``fit``'s
+# training step never waits for the device. The mark belongs to one tensor object: anything computed
+# from it (x * 255, x[:5], x.to(device)) is a new tensor and is checked again.
+_CHECKED = "_vae_utils_values_checked"
+
+
+def mark_checked(x: Tensor) -> Tensor:
+    """Mark ``x`` as images whose values are known to be finite and in [0, 1], so ``VAE.encode``
+    skips its value check (one reduction and host sync per call) for this tensor. Returns ``x``.
+
+    ``ImageDataset.batches`` marks every batch it yields (uint8 pixels / 255 or their binarization
+    are in [0, 1] by construction), which keeps the check off the training step. Mark only tensors
+    you made that way yourself; changing a marked tensor in place afterwards is not seen.
+    """
+    setattr(x, _CHECKED, True)
+    return x
+
+
+def _not_a_tensor(x: Any, caller: str, expected: str) -> str:
+    kind = type(x).__name__
+    if type(x).__module__ == "numpy" and hasattr(x, "shape"):
+        pixels = " (and 0..255 pixels with torch.as_tensor(x).float() / 255)" if "images" in expected else ""
+        return (
+            f"{caller} takes a torch.Tensor {expected}, got a numpy array (dtype {x.dtype}, shape "
+            f"{list(x.shape)}): convert it with torch.as_tensor(x){pixels}"
+        )
+    if isinstance(x, (list, tuple)):
+        return (
+            f"{caller} takes a torch.Tensor {expected}, got a {kind}: convert it with torch.as_tensor(x) "
+            "(a list of image tensors: torch.stack(x))"
+        )
+    return f"{caller} takes a torch.Tensor {expected}, got {kind}"
+
+
+def _shape_fix(x: Tensor, image_shape: tuple[int, int, int]) -> str:
+    """How to turn ``x`` into ``[B, *image_shape]``, without advice that would scramble channels."""
+    c, h, w = image_shape
+    shape = tuple(x.shape)
+    view = f"x.view(-1, {c}, {h}, {w})"
+    if shape == image_shape:
+        return f"for a single image use x.unsqueeze(0), or reshape it with {view}"
+    if x.dim() == 2 and shape[1] == c * h * w:
+        return f"these look like flattened images: reshape them with {view}"
+    if c == 1 and x.dim() == 3 and shape[1:] == (h, w):
+        return f"add the channel dimension with x.unsqueeze(1) (or {view})"
+    if x.dim() == 4 and shape[2:] == (h, w):  # another channel count: never reshape those
+        fix = (
+            f"these are {shape[1]}-channel images but this model was built for image_shape={image_shape}; "
+            f"images with {shape[1]} channels need a model built with VAEConfig(image_shape=({shape[1]}, {h}, {w}))"
+        )
+        if c == 1 and shape[1] == 3:
+            fix += ", or make them grey first with x.mean(dim=1, keepdim=True)"
+        return fix
+    if x.dim() == 4 and shape[1:3] == (h, w) and shape[3] == c:
+        return "these are channels-last images [B, H, W, C]: move the channels with x.permute(0, 3, 1, 2)"
+    return (
+        f"this model was built for image_shape={image_shape}; "
+        "build a VAE(VAEConfig(image_shape=...)) for images of another size"
+    )
+
+
+def _dtype_problem(x: Tensor, dtype: torch.dtype, caller: str, what: str = "images") -> str | None:
+    if not x.is_floating_point():
+        if what != "images":
+            return f"{caller} expected floating-point {what}, got dtype {x.dtype}; convert with x.float()"
+        fix = "x.float()" if x.dtype == torch.bool else "x.float() / 255"
+        return (
+            f"{caller} expected floating-point images in [0, 1], got dtype {x.dtype}; convert with {fix} "
+            "(or use ImageDataset.float_images())"
+        )
+    if x.dtype == dtype:
+        return None
+    if dtype == torch.float32:
+        return f"{caller} got {x.dtype} {what} but the model is float32: convert them with x.float()"
+    return (
+        f"{caller} got {x.dtype} {what} but the model's weights are {dtype} (was .double() or .half() called "
+        f"on it?): convert the model back with model.float() (vae_utils models are float32), or the {what} "
+        f"with x.to({dtype})"
+    )
+
+
+def _value_problem(x: Tensor, caller: str) -> str | None:
+    """One reduction over x (and one host sync): None when every value is finite and in [0, 1]."""
+    low, high = torch.stack(torch.aminmax(x.detach())).tolist()
+    if low >= 0.0 and high <= 1.0:  # False for NaN too
+        return None
+    where = f"{caller} expected images with values in [0, 1]"
+    if math.isnan(low) or math.isnan(high):
+        count = int(torch.isnan(x).sum())
+        return f"{where}, but {count} value(s) are NaN: find where they come from (torch.isnan(x).nonzero())"
+    if math.isinf(low) or math.isinf(high):
+        count = int(torch.isinf(x).sum())
+        return f"{where}, but {count} value(s) are infinite (range [{low:g}, {high:g}])"
+    if low >= 0.0 and 1.5 < high <= 255.0:
+        return (
+            f"{where}, got values in [{low:g}, {high:g}]: these look like 0..255 pixels; divide by 255 (x / 255)"
+        )
+    if low >= 0.0 and high <= 1.5:
+        return (
+            f"{where}, got values up to {high:g}: if they are only slightly off (e.g. after resizing or "
+            "augmentation), clamp them with x.clamp(0, 1)"
+        )
+    if low < 0.0:
+        return (
+            f"{where}, got negative values (range [{low:g}, {high:g}]): if the images were normalized "
+            "(e.g. transforms.Normalize), undo it (x * std + mean); otherwise rescale them into [0, 1]"
+        )
+    return f"{where}, got values up to {high:g}: rescale them into [0, 1] (e.g. x / x.max())"
+
+
+def check_images(
+    x: Any,
+    image_shape: tuple[int, int, int],
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+    values: bool = True,
+    caller: str = "VAE",
+) -> None:
+    """Raise a clear error unless ``x`` is a batch of images a VAE with ``image_shape`` can take.
+
+    Checks, in order: a ``torch.Tensor`` (numpy arrays and lists are refused with the conversion);
+    shape ``[B, C, H, W]`` with ``(C, H, W) == image_shape`` (with the fix); at least one image;
+    floating point of ``dtype`` (uint8 -> ``x.float() / 255``, float64 -> ``x.float()``); on
+    ``device`` (when given); and with ``values=True``, every value finite and in [0, 1] (0..255
+    pixels -> divide by 255). The value check costs one reduction and host sync; it is skipped for
+    tensors marked with :func:`mark_checked`. TypeError for the type and dtype, ValueError otherwise.
+    """
+    c, h, w = image_shape
+    expected = f"of images [B, {c}, {h}, {w}]"
+    if not isinstance(x, Tensor):
+        raise TypeError(_not_a_tensor(x, caller, expected))
+    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(image_shape):
+        raise ValueError(
+            f"{caller} expected images of shape [B, C, H, W] = [B, {c}, {h}, {w}], got {list(x.shape)}: "
+            + _shape_fix(x, tuple(image_shape))
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{caller} got an empty batch (shape {list(x.shape)}): pass at least one image")
+    problem = _dtype_problem(x, dtype, caller)
+    if problem:
+        raise TypeError(problem)
+    if device is not None and x.device != device:
+        raise ValueError(
+            f"{caller} got images on {x.device} but the model is on {device}: move them with x.to(model.device)"
+        )
+    if values and not getattr(x, _CHECKED, False):
+        problem = _value_problem(x, caller)
+        if problem:
+            raise ValueError(problem)
 
 
 class VAEOutput(NamedTuple):
@@ -170,34 +328,15 @@ class VAE(nn.Module):
         return next(self.parameters()).device
 
     # ------------------------------------------------------------------ encoder
-    def _check_images(self, x: Tensor) -> None:
-        c, h, w = self.config.image_shape
-        if not isinstance(x, Tensor):
-            raise TypeError(f"expected a torch.Tensor of images [B, {c}, {h}, {w}], got {type(x).__name__}")
-        if x.dim() == 4 and tuple(x.shape[1:]) == self.config.image_shape:
-            if not x.is_floating_point():
-                raise TypeError(
-                    f"expected floating-point images in [0, 1], got dtype {x.dtype}; "
-                    f"convert with x.float() / 255 (or use ImageDataset.float_images())"
-                )
-            return
-        shape = list(x.shape)
-        if x.numel() > 0 and x.numel() % (c * h * w) == 0:
-            fix = f"reshape it with x.view(-1, {c}, {h}, {w})"
-            if tuple(x.shape) == self.config.image_shape:
-                fix = f"for a single image use x.unsqueeze(0), or {fix}"
-        else:
-            fix = (
-                f"this model was built for image_shape={self.config.image_shape}; "
-                f"build a VAE(VAEConfig(image_shape=...)) for images of another size"
-            )
-        raise ValueError(
-            f"VAE expected images of shape [B, C, H, W] = [B, {c}, {h}, {w}], got {shape}: {fix}"
-        )
-
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x: [B, C, H, W] in [0, 1] -> (mu [B, d], logvar [B, d]) of q(z|x)."""
-        self._check_images(x)
+        """x: [B, C, H, W] in [0, 1] -> (mu [B, d], logvar [B, d]) of q(z|x).
+
+        Checks x first (``check_images``): a tensor of the model's image shape, dtype and device,
+        not empty, and (unless x is marked with ``mark_checked``, as ``ImageDataset.batches``
+        does) every value finite and in [0, 1] -- one reduction and host sync per call.
+        """
+        reference = next(self.parameters())
+        check_images(x, self.config.image_shape, reference.dtype, reference.device, caller="VAE.encode")
         return self.encoder(x)
 
     def reparameterize(
@@ -222,8 +361,18 @@ class VAE(nn.Module):
         Leading dimensions (batch, samples, or none for a single z [d]) are kept.
         """
         d = self.config.latent_dim
+        if not isinstance(z, Tensor):
+            raise TypeError(_not_a_tensor(z, "VAE.decode", f"of latents [..., {d}]"))
         if z.shape[-1:] != (d,):
             raise ValueError(f"decode expected latents of shape [..., {d}], got {list(z.shape)}")
+        reference = next(self.parameters())
+        if z.dtype != reference.dtype:
+            raise TypeError(_dtype_problem(z, reference.dtype, "VAE.decode", "latents"))
+        if z.device != reference.device:
+            raise ValueError(
+                f"VAE.decode got latents on {z.device} but the model is on {reference.device}: "
+                "move them with z.to(model.device)"
+            )
         decoded = self.decoder(z.reshape(-1, d))
         return decoded.view(*z.shape[:-1], *self.config.image_shape)
 

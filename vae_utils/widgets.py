@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 
 import ipywidgets as widgets
 import numpy as np
 import torch
 from PIL import Image as PILImage
+
+from .model import check_images
 
 __all__ = [
     "LatentExplorer",
@@ -42,6 +45,11 @@ def image_to_png(image: torch.Tensor, scale: int = 6) -> bytes:
         image = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
     if image.dim() not in (2, 3):
         raise ValueError(f"image_to_png expects one image [C, H, W] or [H, W], got {tuple(image.shape)}")
+    if not bool(torch.isfinite(image).all()):
+        raise ValueError(
+            "image_to_png got NaN or infinite pixels (a model whose training diverged decodes to NaN); "
+            "check the model or the image"
+        )
     pixels = (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
     picture = PILImage.fromarray(np.ascontiguousarray(pixels))
     if scale != 1:
@@ -51,18 +59,62 @@ def image_to_png(image: torch.Tensor, scale: int = 6) -> bytes:
     return buffer.getvalue()
 
 
-def _single_image(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Return x as a batch of one image [1, C, H, W] on the model's device."""
+METHODS = ("linear", "spherical")
+
+
+def _check_model(model, caller: str) -> None:
+    """Refuse anything that is not a VAE-like model, before any widget is built."""
+    config = getattr(model, "config", None)
+    needs = ("decode", "encode", "mean_image")
+    if (
+        not isinstance(model, torch.nn.Module)
+        or not hasattr(config, "latent_dim")
+        or not hasattr(config, "image_shape")
+        or not all(callable(getattr(model, name, None)) for name in needs)
+    ):
+        raise TypeError(
+            f"{caller} needs a trained vae_utils VAE (with .config.latent_dim, .config.image_shape, "
+            f".encode, .decode and .mean_image), got {type(model).__name__}; e.g. pass result.model "
+            "from vu.fit or vu.load_or_train"
+        )
+
+
+def _positive(caller: str, name: str, value, integer: bool = False) -> None:
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not (math.isfinite(value) and value > 0):
+        expected = "a positive int" if integer else "a positive finite number"
+        raise ValueError(f"{caller}: {name} must be {expected}, got {value!r}")
+
+
+def _single_image(model: torch.nn.Module, x, caller: str = "latent_explorer") -> torch.Tensor:
+    """Return x as a batch of one image [1, C, H, W] (float32 in [0, 1]) on the model's device.
+
+    x: one image [C, H, W] or [1, C, H, W]: a float tensor in [0, 1], uint8 pixels 0..255 (divided
+    by 255 here), or a numpy array or nested list of either.
+    """
     expected = tuple(model.config.image_shape)
-    x = torch.as_tensor(x)
+    try:
+        x = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{caller}: expected one image {list(expected)} as a tensor, got {type(x).__name__} ({err})") from None
     if tuple(x.shape) == expected:
         x = x.unsqueeze(0)
     if tuple(x.shape) != (1, *expected):
         raise ValueError(
-            f"expected one image of shape {list(expected)} or [1, {', '.join(map(str, expected))}], got "
+            f"{caller}: expected one image of shape {list(expected)} or [1, {', '.join(map(str, expected))}], got "
             f"{list(x.shape)}; pick one image with data.float_images()[i]"
         )
-    return x.to(model.device, torch.float32)
+    if x.dtype == torch.uint8:
+        x = x.float() / 255  # raw pixels, e.g. data.images[i]
+    elif not x.is_floating_point():
+        raise TypeError(
+            f"{caller}: expected a float image in [0, 1] or uint8 pixels, got dtype {x.dtype}; "
+            "convert 0..255 values with x.float() / 255"
+        )
+    reference = next(model.parameters())
+    x = x.to(reference.device, reference.dtype)
+    check_images(x, expected, reference.dtype, reference.device, caller=caller)  # NaN, 0..255 floats, ...
+    return x
 
 
 class _DecodedImage:
@@ -75,7 +127,8 @@ class _DecodedImage:
     @torch.no_grad()
     def png(self, z: torch.Tensor) -> bytes:
         """z: [d] -> PNG bytes of the decoder's mean image."""
-        decoded = self.model.decode(z.to(self.model.device, torch.float32).view(1, -1))
+        reference = next(self.model.parameters())
+        decoded = self.model.decode(z.to(reference.device, reference.dtype).view(1, -1))
         return image_to_png(self.model.mean_image(decoded)[0], self.scale)
 
 
@@ -116,6 +169,10 @@ class LatentExplorer(widgets.VBox):
         scale: int = 6,
         continuous_update: bool = True,
     ):
+        _check_model(model, "latent_explorer")
+        _positive("latent_explorer", "span", span)
+        _positive("latent_explorer", "step", step)
+        _positive("latent_explorer", "scale", scale, integer=True)
         d = model.config.latent_dim
         self.model = model
         self._decoder = _DecodedImage(model, scale)
@@ -123,7 +180,7 @@ class LatentExplorer(widgets.VBox):
             start = torch.zeros(d)
         else:
             with torch.no_grad():
-                mu, _ = model.encode(_single_image(model, x))
+                mu, _ = model.encode(_single_image(model, x, "latent_explorer"))
             start = mu[0].detach().cpu().double()
         self.start = start.float()
         limit = max(span, math.ceil(float(start.abs().max()) * 10) / 10) if d else span
@@ -157,7 +214,7 @@ class LatentExplorer(widgets.VBox):
         reset.on_click(lambda _: self.set_values(self.start))
         pictures = [_captioned(self.image, "decoded p(x|z)")]
         if x is not None:
-            original = _picture(image_to_png(_single_image(model, x)[0], scale), scale, model.config.image_shape)
+            original = _picture(image_to_png(_single_image(model, x, "latent_explorer")[0], scale), scale, model.config.image_shape)
             pictures.insert(0, _captioned(original, "input x"))
         super().__init__([widgets.HBox([slider_box, widgets.VBox([widgets.HBox(pictures), reset])])])
         self.add_class("vae-latent-explorer")
@@ -168,7 +225,12 @@ class LatentExplorer(widgets.VBox):
 
     def set_values(self, z: torch.Tensor) -> None:
         """Move every slider to z ([d]) and redraw once."""
-        z = torch.as_tensor(z).detach().cpu().reshape(len(self.sliders))
+        z = torch.as_tensor(z).detach().cpu()
+        if z.numel() != len(self.sliders):
+            raise ValueError(f"set_values expects a code with {len(self.sliders)} values, got shape {list(z.shape)}")
+        z = z.reshape(len(self.sliders))
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError(f"set_values expects finite values, got {z.tolist()}")
         for slider in self.sliders:
             slider.unobserve(self.update, names="value")
         try:
@@ -199,6 +261,14 @@ def interpolate_codes(z_a: torch.Tensor, z_b: torch.Tensor, t: float | torch.Ten
     closer to that of typical prior samples (a straight line passes through low-norm codes the
     prior rarely produces in high dimensions). Both give z_a at t = 0 and z_b at t = 1.
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    z_a, z_b = torch.as_tensor(z_a), torch.as_tensor(z_b)
+    if z_a.shape != z_b.shape:
+        raise ValueError(f"z_a and z_b must have the same shape, got {list(z_a.shape)} and {list(z_b.shape)}")
+    if not z_a.is_floating_point():
+        z_a = z_a.float()
+    z_b = z_b.to(z_a.device, z_a.dtype)
     t_tensor = torch.as_tensor(t, dtype=z_a.dtype, device=z_a.device)
     shape = t_tensor.shape + (1,) * z_a.dim()
     t_tensor = t_tensor.reshape(shape)
@@ -211,7 +281,6 @@ def interpolate_codes(z_a: torch.Tensor, z_b: torch.Tensor, t: float | torch.Ten
         if bool((sin.abs() < 1e-6).any()):  # (anti)parallel codes: the great circle is not defined
             return (1 - t_tensor) * z_a + t_tensor * z_b
         return (torch.sin((1 - t_tensor) * omega) * z_a + torch.sin(t_tensor * omega) * z_b) / sin
-    raise ValueError(f"method must be 'linear' or 'spherical', got {method!r}")
 
 
 class InterpolationExplorer(widgets.VBox):
@@ -232,9 +301,14 @@ class InterpolationExplorer(widgets.VBox):
         steps: int = 100,
         continuous_update: bool = True,
     ):
+        _check_model(model, "interpolation_explorer")
+        if method not in METHODS:
+            raise ValueError(f"interpolation_explorer: method must be one of {METHODS}, got {method!r}")
+        _positive("interpolation_explorer", "scale", scale, integer=True)
+        _positive("interpolation_explorer", "steps", steps, integer=True)
         self.model = model
         self._decoder = _DecodedImage(model, scale)
-        a, b = _single_image(model, x_a), _single_image(model, x_b)
+        a, b = (_single_image(model, x, "interpolation_explorer") for x in (x_a, x_b))
         with torch.no_grad():
             mu_a, _ = model.encode(a)
             mu_b, _ = model.encode(b)
