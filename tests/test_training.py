@@ -1,24 +1,22 @@
-"""Training: fit's history, warm-up, seeding, divergence and interrupts; evaluate_elbo."""
+"""Training: train_epoch, fit's history, warm-up, seeding, divergence, interrupts, input checks,
+progress and host syncs; the ELBO and IW objectives; evaluate_elbo."""
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import pytest
 import torch
 
+import vae_utils as vu
+import vae_utils.training as training
 from vae_utils.data import DatasetNotFoundError, ImageDataset, load_dataset
+from vae_utils.evaluation import evaluate_elbo
 from vae_utils.model import VAE, VAEConfig
-from vae_utils.objectives import vae_elbo
-from vae_utils.training import (
-    FitResult,
-    History,
-    TrainConfig,
-    TrainingDivergedError,
-    evaluate_elbo,
-    fit,
-)
+from vae_utils.objectives import elbo_objective, vae_elbo
+from vae_utils.training import FitResult, History, TrainConfig, TrainingDivergedError, fit, train_epoch
 
 SMALL = VAEConfig(latent_dim=4, hidden_dims=(32,))
 
@@ -35,8 +33,7 @@ def pattern_dataset(n: int, seed: int = 0) -> ImageDataset:
 
 
 def small_model(seed: int = 0) -> VAE:
-    torch.manual_seed(seed)
-    return VAE(SMALL)
+    return VAE(VAEConfig(latent_dim=4, hidden_dims=(32,), seed=seed))
 
 
 def test_fit_records_a_consistent_history():
@@ -85,8 +82,6 @@ def test_kl_warmup_ramps_beta_per_step(monkeypatch):
     config = TrainConfig(epochs=3, batch_size=16, kl_warmup_epochs=2, beta=2.0)
     h = fit(small_model(), pattern_dataset(64), None, config, progress=False).history
     assert h.beta == [1.0, 2.0, 2.0]
-
-    import vae_utils.training as training
 
     seen = []
     original = training.vae_elbo
@@ -240,3 +235,252 @@ def test_short_training_on_real_fashion_mnist_lowers_the_test_loss():
     # An untrained decoder is near 784 * log 2 = 543 nats per image; two short epochs reach ~350.
     assert -after < -before - 100, (before, after)
     assert result.history.test_elbo[1] > result.history.test_elbo[0]
+
+
+# ----------------------------------------------------------------------------- train_epoch: the plain loop
+def test_train_epoch_is_the_plain_loop():
+    data = pattern_dataset(48).float_images()
+    batches = list(data.split(16))
+    reader, library = small_model(3), small_model(3)
+    reader_opt = torch.optim.Adam(reader.parameters(), lr=1e-3)
+    library_opt = torch.optim.Adam(library.parameters(), lr=1e-3)
+
+    torch.manual_seed(7)  # the reparameterization noise: the same draws in both loops
+    losses = []
+    for x in batches:  # the loop a reader writes
+        terms = vae_elbo(reader, x)
+        loss = -terms.elbo.mean()
+        reader_opt.zero_grad()
+        loss.backward()
+        reader_opt.step()
+        losses.append(loss.item())
+    torch.manual_seed(7)
+    sums = train_epoch(library, batches, library_opt)
+
+    for p, q in zip(reader.parameters(), library.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    assert set(sums) == set(training.SUM_KEYS) and all(v.dim() == 0 for v in sums.values())
+    assert sums["n"].item() == 48
+    assert sums["objective"].item() / 48 == pytest.approx(-sum(losses) / 3, rel=1e-5)  # equal batch sizes
+    assert sums["elbo"].item() == pytest.approx(sums["reconstruction"].item() - sums["kl"].item(), rel=1e-6)
+
+
+def test_train_epoch_takes_any_objective():
+    model = small_model()
+    before = [p.clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    sums = train_epoch(model, pattern_dataset(32).float_images().split(8), optimizer, vu.objectives.iw_objective(4))
+    assert sums["n"].item() == 32 and math.isfinite(sums["objective"].item())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+# ----------------------------------------------------------------------------- fit's extras
+def test_fit_reads_the_device_once_per_epoch_whatever_the_number_of_batches(monkeypatch):
+    """Host syncs (item, tolist, int/float/bool of a tensor) per fit do not grow with the batches."""
+    counts = []
+    for batch_size in (32, 4):  # 2 or 16 steps per epoch
+        calls = []
+        for name in ("item", "tolist", "__int__", "__float__", "__bool__"):
+            original = getattr(torch.Tensor, name)
+
+            def spy(self, *args, _original=original, _name=name, **kwargs):
+                calls.append(_name)
+                return _original(self, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, spy)
+        fit(small_model(), pattern_dataset(64), None, TrainConfig(epochs=2, batch_size=batch_size), progress=False)
+        monkeypatch.undo()
+        counts.append(len(calls))
+    assert counts[0] == counts[1], counts
+    assert counts[0] <= 2 * 2  # at most two reads per epoch (the sums with the bad-step record, the warm-up none)
+
+
+class FakeBar:
+    instances: list = []
+
+    def __init__(self, total, **kwargs):
+        self.total, self.updates, self.postfixes, self.closed = total, [], [], False
+        FakeBar.instances.append(self)
+
+    def update(self, n):
+        self.updates.append(n)
+
+    def set_postfix(self, postfix, **kwargs):
+        self.postfixes.append(dict(postfix))
+
+    def close(self):
+        self.closed = True
+
+
+def test_progress_bar_ticks_within_an_epoch_and_shows_the_loss_once_per_epoch(monkeypatch):
+    import tqdm.auto
+
+    FakeBar.instances = []
+    monkeypatch.setattr(tqdm.auto, "tqdm", FakeBar)
+    fit(small_model(), pattern_dataset(200), pattern_dataset(20, 1), TrainConfig(epochs=2, batch_size=4), progress=True)
+    (bar,) = FakeBar.instances
+    assert bar.total == 2 * 50 and sum(bar.updates) == 100 and bar.closed
+    assert bar.updates == [20, 20, 10] * 2  # every 20 batches, then the rest of the epoch
+    assert [p["epoch"] for p in bar.postfixes] == ["1/2", "2/2"] and all("test_elbo" in p for p in bar.postfixes)
+
+
+def test_fit_checks_its_inputs_before_training():
+    model = small_model()
+    before = [p.clone() for p in model.parameters()]
+    train = pattern_dataset(32)
+    with pytest.raises(TypeError, match="fit trains a VAE.*got Linear"):
+        fit(torch.nn.Linear(2, 2), train, progress=False)
+    with pytest.raises(TypeError, match="train_data must be an ImageDataset, got Tensor.*vu.ImageDataset"):
+        fit(model, train.images, progress=False)
+    small = ImageDataset(torch.zeros(4, 1, 14, 14, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), ["a"], "small")
+    with pytest.raises(ValueError, match=r"test_data holds images of shape \(1, 14, 14\).*image_shape=\(1, 28, 28\)"):
+        fit(model, train, small, progress=False)
+    with pytest.raises(ValueError, match="test_data is empty"):
+        fit(model, train, train.subset(0), progress=False)
+    with pytest.raises(ValueError, match="optimizer holds none of the model's parameters"):
+        fit(model, train, optimizer=torch.optim.Adam(small_model().parameters()), progress=False)
+    with pytest.raises(TypeError, match="config must be a TrainConfig"):
+        fit(model, train, config={"epochs": 1}, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing trained
+
+
+def test_keyboard_interrupt_during_set_up_returns_a_clean_result(monkeypatch):
+    def interrupt(seed):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "seed_everything", interrupt)
+    result = fit(small_model(), pattern_dataset(32), None, TrainConfig(epochs=2, batch_size=16), progress=False)
+    assert result.interrupted and len(result.history) == 0
+    assert isinstance(result.optimizer, torch.optim.Optimizer)
+
+
+def test_interrupt_in_an_epoch_that_went_non_finite_restores_the_snapshot_and_says_so():
+    class NaNThenInterrupt(NaNAfter):
+        def encode(self, x):
+            if self.training and self.training_calls + 1 == 8:  # epoch 2, step 4 (after NaN at step 2)
+                raise KeyboardInterrupt
+            return super().encode(x)
+
+    model = NaNThenInterrupt(SMALL, bad_call=6)
+    after_epoch_1 = {}
+
+    def remember(history):
+        after_epoch_1.update({k: v.clone() for k, v in model.state_dict().items()})
+
+    with pytest.warns(RuntimeWarning, match="interrupted.*NaN or inf.*step 2.*restored to the end of the previous epoch"):
+        result = fit(model, pattern_dataset(64), None, TrainConfig(epochs=3, batch_size=16), callback=remember,
+                     progress=False)
+    assert result.interrupted and result.history.epoch == [1]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, after_epoch_1[key]), key
+
+
+def test_interrupt_in_a_healthy_epoch_gives_no_warning():
+    class InterruptAt(VAE):
+        calls = 0
+
+        def encode(self, x):
+            if self.training:
+                InterruptAt.calls += 1
+                if InterruptAt.calls == 3:
+                    raise KeyboardInterrupt
+            return super().encode(x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = fit(InterruptAt(SMALL), pattern_dataset(64), None, TrainConfig(epochs=2, batch_size=16), progress=False)
+    assert result.interrupted and result.history.epoch == []
+
+
+def test_the_model_seed_makes_fit_repeatable_without_touching_the_global_rng():
+    def run():
+        history = fit(VAE(SMALL), pattern_dataset(64), pattern_dataset(16, 1), TrainConfig(epochs=1, batch_size=16),
+                      progress=False).history.to_dict()
+        return {key: values for key, values in history.items() if key != "seconds"}  # wall time differs
+
+    torch.manual_seed(123)
+    a = run()
+    torch.manual_seed(456)  # a different global state: the same numbers (VAEConfig.seed and TrainConfig.seed decide)
+    b = run()
+    assert a == b
+    torch.manual_seed(0)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    VAE(SMALL)
+    assert torch.equal(torch.rand(2), expected)  # building a model leaves the global RNG alone
+    other = VAE(VAEConfig(latent_dim=4, hidden_dims=(32,), seed=1))
+    assert not torch.equal(other.encoder.mu_head.weight, VAE(SMALL).encoder.mu_head.weight)
+    torch.manual_seed(5)
+    c = VAE(VAEConfig(latent_dim=4, hidden_dims=(32,), seed=None))
+    torch.manual_seed(5)
+    assert torch.equal(c.encoder.mu_head.weight, VAE(VAEConfig(latent_dim=4, hidden_dims=(32,), seed=None)).encoder.mu_head.weight)
+
+
+# ----------------------------------------------------------------------------- TrainConfig
+@pytest.mark.parametrize(
+    "field, value",
+    [("epochs", True), ("epochs", 2.0), ("batch_size", True), ("batch_size", 2.5), ("batch_size", 0),
+     ("kl_warmup_epochs", float("inf")), ("binarize", "no"), ("lr", "1e-3"), ("lr", None), ("lr", float("nan")),
+     ("k", True), ("k", 0), ("seed", 1.5), ("beta", float("inf")), ("eval_batch_size", False)],
+)
+def test_train_config_refuses_booleans_strings_and_non_finite_values(field, value):
+    overrides = {field: value}
+    if field == "k":
+        overrides["objective"] = "iw"
+    with pytest.raises(ValueError) as info:
+        TrainConfig(**overrides)
+    message = str(info.value)
+    assert f"TrainConfig.{field}" in message and repr(value) in message, message
+    assert "write" in message  # and how to write it
+
+
+def test_train_config_objective_and_k():
+    assert TrainConfig(objective="iw", k=5).k == 5
+    assert TrainConfig.from_dict({"epochs": 2}).objective == "elbo"  # configs saved before these fields
+    with pytest.raises(ValueError, match="objective must be one of"):
+        TrainConfig(objective="iwae")
+    with pytest.raises(ValueError, match="apply to objective='elbo' only"):
+        TrainConfig(objective="iw", k=5, beta=2.0)
+    with pytest.raises(ValueError, match="needs objective='iw'"):
+        TrainConfig(k=5)
+
+
+def test_history_from_before_train_objective_still_loads():
+    old = {key: [1.0] for key in training._HISTORY_KEYS if key != "train_objective"}
+    assert History.from_dict(old).train_objective == [None]
+
+
+# ----------------------------------------------------------------------------- objectives in fit
+def test_iw_training_records_the_bound_and_the_true_elbo():
+    h = fit(small_model(), pattern_dataset(64), None, TrainConfig(epochs=1, batch_size=16, objective="iw", k=8),
+            progress=False).history
+    assert h.train_objective[0] > h.train_elbo[0]  # the 8-sample bound sits above the ELBO estimate
+    assert h.train_elbo[0] == pytest.approx(h.train_reconstruction[0] - h.train_kl[0], rel=1e-5)
+    h1 = fit(small_model(), pattern_dataset(64), None, TrainConfig(epochs=1, batch_size=16), progress=False).history
+    assert h1.train_objective == pytest.approx(h1.train_elbo)  # beta = 1: the objective is the ELBO
+
+
+def _iw_data():
+    """1,000 real Fashion-MNIST training images and 50 test images, or stripes when not installed."""
+    try:
+        train = load_dataset("fashion-mnist", "train", device="cpu", download=False).subset(1000)
+        test = load_dataset("fashion-mnist", "test", device="cpu", download=False).subset(50)
+        return train, test
+    except DatasetNotFoundError:
+        return pattern_dataset(1000), pattern_dataset(50, seed=1)
+
+
+def test_iw_trained_model_has_at_least_the_elbo_trained_ones_log_likelihood():
+    """IWAE vs VAE on the same budget (same model, data, seed, 20 steps): K = 1000 estimates of log p(x)."""
+    train, test = _iw_data()
+    config = VAEConfig(latent_dim=5, hidden_dims=(64,))
+    estimates = {}
+    for objective, k in (("elbo", 1), ("iw", 5)):
+        trained = fit(VAE(config), train, None, TrainConfig(epochs=1, batch_size=50, lr=3e-3, device="cpu",
+                                                            objective=objective, k=k), progress=False).model
+        estimates[objective] = vu.estimate_log_likelihood(trained, test, k=1000, progress=False, seed=1)
+    difference = estimates["iw"] - estimates["elbo"]  # per test image, paired
+    se = (difference.std() / len(difference) ** 0.5).item()
+    print(f"{train.name}: log p(x) K=1000, IW(k=5)-trained {estimates['iw'].mean():.2f}, ELBO-trained "
+          f"{estimates['elbo'].mean():.2f}, difference {difference.mean():.2f} +- {se:.2f} (1 SE, {len(test)} images)")
+    assert difference.mean().item() >= -3 * se

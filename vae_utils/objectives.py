@@ -231,8 +231,6 @@ def standard_normal(shape: tuple[int, ...], like: Tensor, generator: torch.Gener
     return noise.to(like.device)
 
 
-_standard_normal = standard_normal  # the old private name, for code not yet updated
-
 
 def reparameterize(
     mu: Tensor, logvar: Tensor, n_samples: int | None = None, generator: torch.Generator | None = None

@@ -223,20 +223,13 @@ class TrainingDivergedError(RuntimeError):
 SUM_KEYS = ("n", "objective", "elbo", "reconstruction", "kl")
 
 
-def train_epoch(
-    model: nn.Module,
-    batches: Iterable[Tensor],
-    optimizer: torch.optim.Optimizer,
-    objective: Callable[[nn.Module, Tensor], ELBO] | None = None,
-) -> dict[str, Tensor]:
-    """One pass of the plain training loop: for each batch ``x: [B, C, H, W]`` in [0, 1], one
-    gradient step on the loss ``-objective(model, x).elbo.mean()`` (nats per example, minimized).
-
-    objective: ``(model, x) -> ELBO`` with [B] terms; default ``objectives.elbo_objective()``.
-    Returns sums over the examples as 0-d tensors on the model's device, keyed by ``SUM_KEYS``:
-    ``n``, ``objective`` (its ``elbo`` field), ``elbo`` (reconstruction - KL), ``reconstruction``,
-    ``kl``. Nothing here waits for the device: read them once, after the epoch.
-    """
+def train_epoch(model: nn.Module, batches: Iterable[Tensor], optimizer: torch.optim.Optimizer,
+                objective: Callable[[nn.Module, Tensor], ELBO] | None = None) -> dict[str, Tensor]:
+    """One pass of the plain loop: per batch ``x: [B, C, H, W]`` in [0, 1], one step on the loss
+    ``-objective(model, x).elbo.mean()`` (nats per example). objective: ``(model, x) -> ELBO`` with
+    [B] terms, default ``objectives.elbo_objective()``. Returns sums over the examples, 0-d tensors
+    on the model's device (read them after the epoch: nothing here waits for the device), keyed
+    ``n``, ``objective`` (its elbo field), ``elbo`` (reconstruction - KL), ``reconstruction``, ``kl``."""
     objective = objective or elbo_objective()
     model.train()
     sums = torch.zeros(len(SUM_KEYS), device=next(model.parameters()).device)
