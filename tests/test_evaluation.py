@@ -10,10 +10,12 @@ import vae_utils.evaluation as evaluation
 from vae_utils.data import ImageDataset
 from vae_utils.evaluation import estimate_log_likelihood
 from vae_utils.model import VAE, VAEConfig
-from vae_utils.training import evaluate_elbo
+from vae_utils.evaluation import evaluate_elbo, image_batches
 
-SIGMA = 0.5
-SCALES = torch.tensor([2.0, 1.0], dtype=torch.float64)
+# Small enough that every sampled pixel lies in [0, 1], which VAE.encode requires; the posterior's shape
+# depends only on SCALES / SIGMA (4 and 2).
+SIGMA = 0.05
+SCALES = torch.tensor([0.2, 0.1], dtype=torch.float64)
 
 
 def linear_gaussian_vae(exact_posterior: bool = True) -> tuple[VAE, LowRankMultivariateNormal]:
@@ -27,7 +29,7 @@ def linear_gaussian_vae(exact_posterior: bool = True) -> tuple[VAE, LowRankMulti
     g = torch.Generator().manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(784, 2, generator=g, dtype=torch.float64))
     w = q * SCALES  # [784, 2], W^T W = diag(SCALES^2)
-    b = 0.5 + 0.1 * torch.randn(784, generator=g, dtype=torch.float64)
+    b = 0.5 + 0.05 * torch.randn(784, generator=g, dtype=torch.float64)
     posterior_var = 1 / (1 + SCALES**2 / SIGMA**2)  # diag of (I + W^T W / sigma^2)^-1
     gain = posterior_var[:, None] * w.T / SIGMA**2  # posterior mean = gain @ (x - b)
     logvar = posterior_var.log() if exact_posterior else (posterior_var * 9).log()
@@ -118,3 +120,58 @@ def test_bad_arguments():
         estimate_log_likelihood(model, torch.rand(2, 1, 28, 28), k=0, progress=False)
     with pytest.raises(TypeError, match="ImageDataset or an image tensor"):
         estimate_log_likelihood(model, [1, 2, 3], progress=False)
+    with pytest.raises(ValueError, match="k .*must be an int >= 1, got True"):
+        estimate_log_likelihood(model, torch.rand(2, 1, 28, 28), k=True, progress=False)
+
+
+def test_empty_data_is_refused():
+    model = VAE(VAEConfig(latent_dim=2, hidden_dims=(8,)))
+    empty = ImageDataset(torch.zeros(0, 1, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), ["a"], "none")
+    for data in (empty, torch.zeros(0, 1, 28, 28)):
+        with pytest.raises(ValueError, match="the data set is empty"):
+            estimate_log_likelihood(model, data, k=5, progress=False)
+        with pytest.raises(ValueError, match="the data set is empty"):
+            evaluate_elbo(model, data)
+    for bad in (0, True, 2.5):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            evaluate_elbo(model, torch.rand(2, 1, 28, 28), batch_size=bad)
+
+
+def test_a_huge_k_is_refused_with_an_estimate_of_the_time(monkeypatch):
+    model = VAE(VAEConfig(latent_dim=2, hidden_dims=(8,)))
+    x = torch.rand(10, 1, 28, 28)
+    with pytest.raises(ValueError, match=r"10 images x K=1,000,000,000 samples = 1e\+10 decoder evaluations, "
+                                         r"about \d+ (days|hours|minutes|seconds) on cpu.*allow_long=True"):
+        estimate_log_likelihood(model, x, k=10**9, progress=False)
+
+    seen = []
+
+    def cheap(log_joint, x, mu, logvar, k, chunk_size=None, generator=None):
+        seen.append(k)
+        return torch.zeros(x.shape[0])
+
+    monkeypatch.setattr(evaluation, "importance_weighted_bound", cheap)
+    assert estimate_log_likelihood(model, x, k=10**9, progress=False, allow_long=True).shape == (10,)
+    assert seen and set(seen) == {10**9}
+
+
+def test_both_evaluations_batch_through_image_batches(monkeypatch):
+    model = VAE(VAEConfig(latent_dim=2, hidden_dims=(8,)))
+    g = torch.Generator().manual_seed(0)
+    data = ImageDataset(torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=g),
+                        torch.zeros(5, dtype=torch.long), ["a"], "random")
+    from_data = torch.cat(list(image_batches(data, 2, "cpu", binarize_seed=3)))
+    from_tensor = torch.cat(list(image_batches(data.binarized(3).images, 2, "cpu")))
+    assert torch.equal(from_data, from_tensor) and from_data.dtype == torch.float32
+
+    calls = []
+    real = evaluation.image_batches
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("binarize_seed", args[3] if len(args) > 3 else None))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "image_batches", spy)
+    evaluate_elbo(model, data)
+    estimate_log_likelihood(model, data, k=2, progress=False)
+    assert calls == [evaluation.EVAL_BINARIZE_SEED] * 2

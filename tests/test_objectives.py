@@ -275,3 +275,62 @@ def test_effective_sample_size():
     expected = w.sum(0) ** 2 / (w**2).sum(0)
     torch.testing.assert_close(effective_sample_size(log_w), expected)
     torch.testing.assert_close(effective_sample_size(log_w + 2000.0), expected)  # shift-invariant, no overflow
+
+
+# ----------------------------------------------------------------------------- training objectives
+def _small_vae_and_batch():
+    from vae_utils.model import VAE, VAEConfig
+
+    model = VAE(VAEConfig(latent_dim=3, hidden_dims=(16,)))
+    x = torch.rand(6, 1, 28, 28, generator=gen(1)).bernoulli(generator=gen(2))
+    return model, x
+
+
+def test_elbo_objective_is_vae_elbo_with_its_beta():
+    from vae_utils.objectives import elbo_objective, vae_elbo
+
+    model, x = _small_vae_and_batch()
+    for beta in (1.0, 4.0):
+        torch.manual_seed(0)
+        got = elbo_objective(beta)(model, x)
+        torch.manual_seed(0)
+        expected = vae_elbo(model, x, beta=beta)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        elbo_objective(-1.0)
+
+
+def test_iw_objective_fields_on_the_same_samples():
+    from vae_utils.objectives import iw_objective
+
+    model, x = _small_vae_and_batch()
+    k = 50
+    torch.manual_seed(3)
+    got = iw_objective(k)(model, x)
+    # The same K samples by hand (same global RNG state).
+    torch.manual_seed(3)
+    mu, logvar = model.encode(x)
+    z = model.reparameterize(mu, logvar, n_samples=k)  # [K, B, d]
+    log_px_z = model.log_likelihood(x, model.decode(z))  # [K, B]
+    log_w = log_px_z + log_standard_normal(z) - log_normal_diag(z, mu, logvar)
+    torch.testing.assert_close(got.elbo, torch.logsumexp(log_w, 0) - math.log(k))
+    torch.testing.assert_close(got.reconstruction, log_px_z.mean(0))
+    torch.testing.assert_close(got.kl, gaussian_kl(mu, logvar))
+    assert (got.elbo >= log_w.mean(0) - 1e-4).all()  # Jensen on these samples: the bound >= the mean log-weight
+    assert got.elbo.requires_grad  # trainable
+
+
+def test_iw_objective_with_one_sample_is_the_monte_carlo_elbo():
+    from vae_utils.objectives import iw_objective
+
+    model, x = _small_vae_and_batch()
+    torch.manual_seed(5)
+    got = iw_objective(1)(model, x)
+    torch.manual_seed(5)
+    mu, logvar = model.encode(x)
+    expected = elbo_monte_carlo(model.log_joint, x, mu, logvar, 1)
+    torch.testing.assert_close(got.elbo, expected)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="k \\(importance samples\\) must be an int >= 1"):
+            iw_objective(bad)
