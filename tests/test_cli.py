@@ -115,3 +115,130 @@ def test_python_dash_m_exit_status(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("error: no checkpoint at") and "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- --help without torch
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"]])
+def test_help_answers_without_importing_torch(argv):
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "vae_utils", *argv],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "usage: python -m vae_utils" in result.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert imported and not [name for name in imported if name == "torch" or name.startswith("torch.")]
+
+
+def test_the_cli_knows_every_data_set():
+    from vae_utils.__main__ import DATASET_NAMES
+
+    assert DATASET_NAMES == data_module.DATASET_NAMES
+
+
+# ----------------------------------------------------------------------------- runs: reuse, determinism, no data loss
+def test_a_cli_checkpoint_is_reused_by_load_or_train(tiny_data_dir, tmp_path, monkeypatch):
+    import vae_utils as vu
+    import vae_utils.runs as runs
+
+    out = tmp_path / "run"
+    assert main(train_args(tiny_data_dir, out, "--epochs", "1")) == 0
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("load_or_train trained again instead of reusing the CLI's checkpoint")
+
+    monkeypatch.setattr(runs, "fit", no_training)
+    train = vu.load_dataset("fashion-mnist", "train", root=tiny_data_dir, device="cpu", download=False)
+    result = vu.load_or_train(out / "checkpoint.pt", vu.VAEConfig(latent_dim=2, hidden_dims=(32,)),
+                              vu.TrainConfig(epochs=1, batch_size=64, lr=3e-3, device="cpu"), train, progress=False)
+    assert result.history.epoch == [1]
+
+
+def test_two_runs_give_the_same_numbers(tiny_data_dir, tmp_path, capsys):
+    for name in ("a", "b"):
+        assert main(train_args(tiny_data_dir, tmp_path / name, "--epochs", "1")) == 0
+    printed = capsys.readouterr().out
+    histories = [json.loads((tmp_path / name / "history.json").read_text()) for name in ("a", "b")]
+    for history in histories:
+        history.pop("seconds")
+    assert histories[0] == histories[1]
+    lines = [line for line in printed.splitlines() if line.startswith("epoch 1:")]
+    assert len(lines) == 2 and lines[0] == lines[1]
+
+
+def test_an_existing_run_is_reused_and_never_replaced_without_overwrite(tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_data_dir, out, "--epochs", "1")) == 0
+    good = (out / "checkpoint.pt").read_bytes()
+    assert main(train_args(tiny_data_dir, out, "--epochs", "1")) == 0  # the same run: loaded, not retrained
+    assert "reused it, nothing trained" in capsys.readouterr().out
+    assert (out / "checkpoint.pt").read_bytes() == good
+    capsys.readouterr()
+
+    assert main(train_args(tiny_data_dir, out, "--epochs", "2")) == 2
+    assert "--overwrite" in _one_line_error(capsys)
+    assert (out / "checkpoint.pt").read_bytes() == good
+
+    assert main(train_args(tiny_data_dir, out, "--epochs", "2", "--overwrite")) == 0
+    assert load_checkpoint(out / "checkpoint.pt").train_config.epochs == 2
+
+
+def test_out_naming_a_file_is_refused_before_training(tiny_data_dir, tmp_path, capsys, monkeypatch):
+    import vae_utils.runs as runs
+
+    monkeypatch.setattr(runs, "fit", lambda *a, **k: pytest.fail("trained although --out is a file"))
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    assert main(train_args(tiny_data_dir, target)) == 2
+    assert "--out is a file" in _one_line_error(capsys)
+    assert main(train_args(tiny_data_dir, target / "run")) == 2
+    assert "parent" in _one_line_error(capsys)
+    assert target.read_text() == "keep me"
+
+
+def test_an_interrupted_run_never_replaces_a_completed_one(tiny_data_dir, tmp_path, capsys, monkeypatch):
+    import vae_utils.training as training
+
+    out = tmp_path / "run"
+    assert main(train_args(tiny_data_dir, out, "--epochs", "1")) == 0
+    good = (out / "checkpoint.pt").read_bytes()
+    history = (out / "history.json").read_text()
+
+    real = training.train_epoch
+    calls = []
+
+    def interrupt_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_epoch", interrupt_in_epoch_2)
+    assert main(train_args(tiny_data_dir, out, "--epochs", "3", "--overwrite")) == 130
+    assert "checkpoint.interrupted.pt" in capsys.readouterr().out
+    assert (out / "checkpoint.pt").read_bytes() == good and (out / "history.json").read_text() == history
+    interrupted = load_checkpoint(out / "checkpoint.interrupted.pt")
+    assert interrupted.history.epoch == [1] and interrupted.metadata["interrupted"] is True
+
+
+# ----------------------------------------------------------------------------- evaluate: say, show, refuse
+def test_evaluate_says_what_it_will_do_and_shows_progress(tiny_data_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_data_dir, out, "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--k", "20"]) == 0
+    captured = capsys.readouterr()
+    first = captured.out.splitlines()[0]
+    assert "48 images" in first and "K=20 importance samples per image (960 decoder passes)" in first
+    assert "log p(x), K=20" in captured.err  # the tqdm bar
+
+    assert main(["evaluate", str(out), "--k", str(10**9)]) == 2
+    message = _one_line_error(capsys)
+    assert "48 images x K=1,000,000,000" in message and "--allow-long" in message
+
+    import vae_utils.evaluation as evaluation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "estimate_log_likelihood", interrupted)
+    assert main(["evaluate", str(out), "--k", "20"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted: evaluate stopped before it finished."

@@ -152,16 +152,20 @@ def train(args) -> int:
     metadata = {"dataset": args.dataset, "data_dir": str(args.data_dir) if args.data_dir else None, "limit": args.limit}
     print(f"{args.architecture} VAE (latent {args.latent_dim}) on {len(train_data):,} {args.dataset} images, "
           f"{train_config.epochs} epoch(s), objective {args.objective}, on {device}", flush=True)
+    path = out / CHECKPOINT_NAME
+    before = path.stat().st_mtime_ns if path.exists() else None
     try:
-        result = load_or_train(out / CHECKPOINT_NAME, model_config, train_config, train_data, test_data,
+        result = load_or_train(path, model_config, train_config, train_data, test_data,
                                metadata=metadata, overwrite=args.overwrite)
     except FileExistsError:
-        raise CLIError(f"{out / CHECKPOINT_NAME} holds a run with other settings or data; nothing was trained. "
+        raise CLIError(f"{path} holds a run with other settings or data; nothing was trained. "
                        "Choose another --out, or pass --overwrite to replace it.") from None
     model, history = result.model, result.history
     if result.interrupted:
         return _save_interrupted(out, result, train_config, metadata, train_data)
 
+    if before is not None and path.stat().st_mtime_ns == before:
+        print(f"{path} was trained with these settings on these images: reused it, nothing trained", flush=True)
     (out / "history.json").write_text(json.dumps(history.to_dict(), indent=2) + "\n")
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
     _save_grid(out / "samples.png", model.sample(64, generator=generator), nrow=8)
@@ -170,7 +174,7 @@ def train(args) -> int:
     rows = [t for pair in zip(x.split(16), reconstructions.split(16)) for t in pair]  # originals above reconstructions
     _save_grid(out / "reconstructions.png", torch.cat(rows), nrow=16)
     _print_last(history)
-    print(f"wrote {out / CHECKPOINT_NAME}, samples.png, reconstructions.png, history.json")
+    print(f"wrote {path}, samples.png, reconstructions.png, history.json")
     return 0
 
 
