@@ -1,15 +1,30 @@
-"""Checkpoints: round trip, every bad-file case, atomic writes, load_or_train."""
+"""Checkpoints: round trip, every bad-file case, atomic writes, values converted or refused up front,
+full disks, unwritable paths, kills during a save; and load_or_train (vae_utils.runs) on top."""
 
 from __future__ import annotations
 
+import datetime
+import errno
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 import vae_utils.checkpoint as checkpoint_module
-from vae_utils.checkpoint import CheckpointError, load_checkpoint, load_or_train, save_checkpoint
+import vae_utils.runs as runs_module
+from vae_utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vae_utils.data import ImageDataset
 from vae_utils.model import VAE, VAEConfig
-from vae_utils.training import History, TrainConfig, fit
+from vae_utils.runs import load_or_train
+from vae_utils.training import FitResult, History, TrainConfig, fit
 
 CONFIG = VAEConfig(latent_dim=3, hidden_dims=(16,))
 
@@ -159,13 +174,13 @@ def test_atomic_write_leaves_no_temp_files_and_keeps_the_old_file_on_failure(tmp
 
 def test_load_or_train_trains_once_then_loads(tmp_path, monkeypatch):
     calls = []
-    real_fit = checkpoint_module.fit
+    real_fit = runs_module.fit
 
     def counting_fit(*args, **kwargs):
         calls.append(1)
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(checkpoint_module, "fit", counting_fit)
+    monkeypatch.setattr(runs_module, "fit", counting_fit)
     path = tmp_path / "cache" / "vae.pt"
     config = TrainConfig(epochs=1, batch_size=16, device="cpu")
     first = load_or_train(path, CONFIG, config, tiny_data(), tiny_data(16, 1), progress=False)
@@ -200,22 +215,22 @@ def test_load_or_train_replaces_a_corrupt_file_and_does_not_save_interrupted_run
     other = tmp_path / "interrupted.pt"
 
     def interrupted_fit(model, *args, **kwargs):
-        return checkpoint_module.FitResult(model, History(), torch.optim.Adam(model.parameters()), True)
+        return FitResult(model, History(), torch.optim.Adam(model.parameters()), True)
 
-    monkeypatch.setattr(checkpoint_module, "fit", interrupted_fit)
+    monkeypatch.setattr(runs_module, "fit", interrupted_fit)
     assert load_or_train(other, CONFIG, config, tiny_data(), progress=False).interrupted
     assert not other.exists()
 
 
 def test_load_or_train_retrains_on_other_data_and_passes_the_callback(tmp_path, monkeypatch):
     calls = []
-    real_fit = checkpoint_module.fit
+    real_fit = runs_module.fit
 
     def counting_fit(*args, **kwargs):
         calls.append(kwargs.get("callback"))
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(checkpoint_module, "fit", counting_fit)
+    monkeypatch.setattr(runs_module, "fit", counting_fit)
     path = tmp_path / "vae.pt"
     config = TrainConfig(epochs=1, batch_size=16, device="cpu")
     seen = []
@@ -227,3 +242,253 @@ def test_load_or_train_retrains_on_other_data_and_passes_the_callback(tmp_path, 
     assert len(calls) == 1  # same configs, same data: loaded
     load_or_train(path, CONFIG, config, tiny_data().subset(32), progress=False)
     assert len(calls) == 2  # same configs, fewer training images: trained again
+
+
+# ------------------------------------------------------------------------- values the file can hold
+def test_paths_numpy_scalars_and_tuples_are_converted_and_round_trip(tmp_path):
+    metadata = {
+        "data_dir": tmp_path / "data",
+        "lr": np.float64(1e-3),
+        "epochs": np.int64(3),
+        "flag": np.bool_(True),
+        "shape": (1, 28, 28),
+        "nested": {"runs": [tmp_path, np.float32(0.5)], 7: "int keys are fine"},
+        "device": torch.device("cpu"),
+    }
+    path = save_checkpoint(tmp_path / "m.pt", VAE(CONFIG), metadata=metadata)
+    loaded = load_checkpoint(path, device="cpu").metadata
+    assert loaded["data_dir"] == str(tmp_path / "data") and type(loaded["data_dir"]) is str
+    assert loaded["lr"] == 1e-3 and type(loaded["lr"]) is float
+    assert loaded["epochs"] == 3 and type(loaded["epochs"]) is int
+    assert loaded["flag"] is True
+    assert loaded["shape"] == (1, 28, 28)
+    assert loaded["nested"] == {"runs": [str(tmp_path), 0.5], 7: "int keys are fine"}
+    assert loaded["device"] == "cpu"
+
+
+@pytest.mark.parametrize("value, words", [
+    (datetime.datetime(2026, 1, 1), "metadata['when'] is a datetime"),
+    ({1, 2}, "sorted(...)"),
+    (np.zeros(3), ".tolist()"),
+    ({"deeper": [object()]}, "metadata['when']['deeper'][0] is a object"),
+])
+def test_values_the_file_cannot_hold_are_refused_before_anything_is_written(tmp_path, value, words):
+    path = save_checkpoint(tmp_path / "m.pt", VAE(CONFIG), metadata={"ok": 1})
+    good_bytes = path.read_bytes()
+    with pytest.raises(TypeError) as info:
+        save_checkpoint(path, VAE(CONFIG), metadata={"when": value})
+    assert words in str(info.value) and "weights_only" in str(info.value)
+    assert path.read_bytes() == good_bytes and _leftovers(tmp_path) == []
+
+
+def test_a_file_that_does_not_load_back_never_replaces_a_good_one(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "m.pt", VAE(CONFIG))
+    good_bytes = path.read_bytes()
+
+    def unreadable_save(obj, file):  # as if the writer produced a broken file without noticing
+        file.write(b"PK\x03\x04 not really a zip file")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", unreadable_save)
+    with pytest.raises(CheckpointError, match="does not load back.*previous file, if any, was kept"):
+        save_checkpoint(path, VAE(CONFIG))
+    monkeypatch.undo()
+    assert path.read_bytes() == good_bytes and _leftovers(tmp_path) == []
+
+
+def test_files_get_the_umask_mode_like_any_new_file(tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert stat.S_IMODE(save_checkpoint(tmp_path / "a.pt", VAE(CONFIG)).stat().st_mode) == 0o644
+        os.umask(0o007)
+        assert stat.S_IMODE(save_checkpoint(tmp_path / "b.pt", VAE(CONFIG)).stat().st_mode) == 0o660
+    finally:
+        os.umask(old)
+
+
+# ------------------------------------------------------------------------- full disks and bad paths
+def test_a_full_disk_says_so_and_how_much_space_was_needed(tmp_path, monkeypatch):
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    path = save_checkpoint(tmp_path / "m.pt", VAE(CONFIG))
+    good_bytes = path.read_bytes()
+    real_save = torch.save
+
+    def save_onto_a_full_disk(obj, writer):
+        writer.file = open("/dev/full", "wb")  # every write fails with ENOSPC, as on a full disk
+        try:
+            real_save(obj, writer)  # torch reports it as "enforce fail at inline_container.cc"
+        finally:
+            writer.file.close()
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_onto_a_full_disk)
+    big = VAE(VAEConfig(latent_dim=3, hidden_dims=(1000,)))  # 6.3 MB of weights
+    with pytest.raises(OSError) as info:
+        save_checkpoint(path, big)
+    monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC
+    assert f"No space left on device while writing {path} (needed about 7 MB" in str(info.value)
+    assert "inline_container" not in str(info.value)
+    assert path.read_bytes() == good_bytes and _leftovers(tmp_path) == []
+
+
+def test_torchs_inline_container_error_on_a_nearly_full_disk_is_named(tmp_path, monkeypatch):
+    def failing_save(obj, writer):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", failing_save)
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**9, 10**9 - 2**14, 2**14))
+    with pytest.raises(OSError, match=r"No space left on device while writing .*m\.pt \(needed about \d+ KB; 16 KB free"):
+        save_checkpoint(tmp_path / "m.pt", VAE(CONFIG))
+    # The same error with plenty of space is not called a full disk.
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**12, 0, 10**12))
+    with pytest.raises(RuntimeError, match="inline_container"):
+        save_checkpoint(tmp_path / "m.pt", VAE(CONFIG))
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_path_that_is_a_folder_or_under_a_file_names_the_problem_and_the_fix(tmp_path):
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path}: it is a folder.*{tmp_path / 'checkpoint.pt'}"):
+        save_checkpoint(tmp_path, VAE(CONFIG))
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where a folder should be")
+    for target in (blocker / "m.pt", blocker / "deeper" / "m.pt"):
+        with pytest.raises(NotADirectoryError) as info:
+            save_checkpoint(target, VAE(CONFIG))
+        assert f"{blocker} is a file, not a folder" in str(info.value) and "move the file" in str(info.value)
+    assert blocker.read_text() == "a file where a folder should be"
+
+
+def test_a_read_only_folder_names_the_folder_and_the_fix(tmp_path, monkeypatch):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if os.geteuid() != 0:  # a real read-only folder (root may write anyway)
+        folder.chmod(0o555)
+        try:
+            with pytest.raises(PermissionError, match=f"the folder {folder} is not writable.*chmod u\\+w"):
+                save_checkpoint(folder / "m.pt", VAE(CONFIG))
+        finally:
+            folder.chmod(0o755)
+    real_access = os.access
+    monkeypatch.setattr(checkpoint_module.os, "access", lambda p, mode: False if Path(p) == folder else real_access(p, mode))
+    with pytest.raises(PermissionError, match=f"the folder {folder} is not writable.*chmod u\\+w"):
+        save_checkpoint(folder / "m.pt", VAE(CONFIG))
+    assert list(folder.iterdir()) == []
+
+
+def test_an_unreadable_checkpoint_says_permission_denied(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "m.pt", VAE(CONFIG))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(checkpoint_module.torch, "load", denied)
+    with pytest.raises(CheckpointError, match="Cannot read .*m.pt: permission denied"):
+        load_checkpoint(path)
+
+
+# ------------------------------------------------------------------------- optimizers
+def test_an_optimizer_of_another_model_is_refused_when_saving_and_loading(tmp_path):
+    model, other = VAE(CONFIG), VAE(VAEConfig(latent_dim=2, hidden_dims=(8,)))
+    with pytest.raises(ValueError, match="optimizer is not this model's.*0 of them this model's"):
+        save_checkpoint(tmp_path / "m.pt", model, torch.optim.Adam(other.parameters()))
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        save_checkpoint(tmp_path / "m.pt", model, optimizer={"lr": 1e-3})
+
+    # A file whose optimizer state belongs to another model (written by other code, or edited).
+    optimizer = torch.optim.Adam(other.parameters())
+    other(torch.rand(2, 1, 28, 28)).decoded.sum().backward()
+    optimizer.step()
+    path = save_checkpoint(tmp_path / "m.pt", model)
+    payload = torch.load(path, weights_only=True)
+    payload["optimizer_state"] = optimizer.state_dict()  # same number of tensors (10), other shapes
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"optimizer state .* does not fit its model: parameter 0's 'exp_avg' has shape \[8, 784\], the parameter \[16, 784\]"):
+        load_checkpoint(path)
+    payload["optimizer_state"]["param_groups"][0]["params"] = payload["optimizer_state"]["param_groups"][0]["params"][:4]
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="holds 4 parameter tensors, the model has 10"):
+        load_checkpoint(path)
+
+
+# ------------------------------------------------------------------------- interrupted saves
+def test_stale_temp_files_are_removed_by_the_next_save(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    host = checkpoint_module._host_tag()
+    dead = tmp_path / f".m.pt.saving-{host}-{dead_pid}-0123abcd.tmp"
+    alive = tmp_path / f".m.pt.saving-{host}-{os.getppid()}-0123abcd.tmp"  # a save still running elsewhere
+    old_alive = tmp_path / f".x.pt.saving-{host}-{os.getppid()}-89abcdef.tmp"
+    other_host = tmp_path / f".m.pt.saving-ffffff-{dead_pid}-0123abcd.tmp"  # cannot tell: kept until old
+    save_checkpoint(tmp_path / "m.pt", VAE(CONFIG))
+    legacy = tmp_path / ".m.pt.k2j_x9ab.tmp"  # vae_utils 0.1 (tempfile.mkstemp), next to its m.pt
+    unrelated = tmp_path / ".notes.txt.k2j_x9ab.tmp"  # no notes.txt next to it: not ours
+    for file in (dead, alive, old_alive, other_host, legacy, unrelated):
+        file.write_bytes(b"PK partial")
+    hour_ago = time.time() - 2 * checkpoint_module.STALE_TEMP_SECONDS
+    for file in (old_alive, legacy, unrelated):
+        os.utime(file, (hour_ago, hour_ago))
+    save_checkpoint(tmp_path / "m.pt", VAE(CONFIG))
+    assert _leftovers(tmp_path) == sorted(p.name for p in (alive, other_host, unrelated))
+    assert load_checkpoint(tmp_path / "m.pt").model.config == CONFIG
+
+
+KILL_DRIVER = r"""
+import json, os, random, signal, sys, time
+import torch
+from vae_utils.checkpoint import load_checkpoint, save_checkpoint
+from vae_utils.model import VAE, VAEConfig
+
+path, kills = sys.argv[1], int(sys.argv[2])
+folder = os.path.dirname(path)
+model = VAE(VAEConfig(latent_dim=8, hidden_dims=(128,)))
+optimizer = torch.optim.Adam(model.parameters())
+model(torch.rand(4, 1, 28, 28)).decoded.sum().backward()
+optimizer.step()  # Adam moments too: about 2.4 MB per save
+save_checkpoint(path, model, optimizer, metadata={"i": -1})
+start = time.perf_counter()
+save_checkpoint(path, model, optimizer, metadata={"i": -1})
+seconds_per_save = time.perf_counter() - start
+rng = random.Random(0)
+report = {"seconds_per_save": seconds_per_save, "rounds": []}
+for round_ in range(kills):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child saves in a loop until it is killed
+        os.close(read)
+        i = 0
+        while True:
+            save_checkpoint(path, model, optimizer, metadata={"i": round_ * 1000 + i})
+            os.write(write, b".")
+            i += 1
+    os.close(write)
+    os.read(read, 1)  # at least one save completed in this child
+    time.sleep(rng.uniform(0, 2 * seconds_per_save))
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)  # reaped: the pid no longer runs
+    os.close(read)
+    temps = sorted(n for n in os.listdir(folder) if n.endswith(".tmp"))
+    metadata = load_checkpoint(path, device="cpu").metadata  # must always load
+    report["rounds"].append({"temps": temps, "i": metadata["i"]})
+print(json.dumps(report))
+"""
+
+
+def test_kill_9_during_saves_always_leaves_a_loadable_file_and_the_next_save_cleans_up(tmp_path):
+    path = tmp_path / "run" / "checkpoint.pt"
+    path.parent.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", KILL_DRIVER, str(path), "10"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    rounds = report["rounds"]
+    assert len(rounds) == 10
+    # Each kill left the last completed save in place (loaded inside the driver, right after the kill).
+    assert all(r["i"] // 1000 == n for n, r in enumerate(rounds)), rounds
+    # The kills landed mid-save: many leave a partial temp file (about 6 in 10 here; the next round's
+    # first save removes it). None at all would mean this test never interrupted a write.
+    assert any(r["temps"] for r in rounds), report
+    loaded = load_checkpoint(path, device="cpu")
+    assert loaded.metadata["i"] == rounds[-1]["i"] and loaded.optimizer_state is not None
+    save_checkpoint(path, loaded.model)  # the next save into that folder removes what the kills left
+    assert _leftovers(path.parent) == []

@@ -9,15 +9,32 @@ A checkpoint is one ``torch.save`` file holding only tensors and plain Python va
      "history": History.to_dict() or None, "train_config": TrainConfig.to_dict() or None,
      "metadata": {...}}   # free-form plain values, e.g. the data set's name
 
-It is written atomically (a temporary file in the same folder, fsync, then ``os.replace``), so a crash
-or a full disk never leaves a half-written checkpoint where a good one was.
+Nothing is lost while saving:
+
+- Values ``load_checkpoint`` could not read back are converted before writing (``pathlib.Path`` ->
+  str, numpy scalars -> Python numbers, ``torch.device`` -> str) or refused up front, naming the key.
+- The file is written atomically: a temporary file ``.<name>.saving-<host>-<pid>-<random>.tmp`` in
+  the same folder is written, fsync'ed and loaded back (``weights_only``, with the same checks as
+  ``load_checkpoint``) before ``os.replace`` puts it in place. A crash, a kill or a full disk leaves
+  the previous file as it was, and a file that would not load never replaces one.
+- Temporary files left by killed saves are removed by the next save into the same folder (those of
+  processes that no longer run, and any older than an hour).
+- The file gets the usual mode for new files (0666 minus the umask), like any other file you write.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import math
+import numbers
 import os
 import pickle
-import tempfile
+import re
+import secrets
+import shutil
+import socket
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +50,12 @@ __all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint"
 
 FORMAT = "vae_utils.checkpoint"
 VERSION = 1
+
+# Temporary files: ".<target name>.saving-<host hash>-<pid>-<random>.tmp" next to the target.
+_TEMP_PATTERN = re.compile(r"^\.(?P<target>.*)\.saving-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+# What vae_utils 0.1 left behind (tempfile.mkstemp names), removed once they are an hour old.
+_LEGACY_TEMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+STALE_TEMP_SECONDS = 3600
 
 
 class CheckpointError(RuntimeError):
@@ -51,15 +74,49 @@ class Checkpoint:
     metadata: dict = field(default_factory=dict)
 
 
-def _plain(value: Any) -> Any:
-    """Tuples -> lists and torch.device -> str, recursively, so the payload is weights_only-safe."""
+# ------------------------------------------------------------------------------------ plain values
+_PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes)
+_HINT = (
+    "save_checkpoint stores only values torch.load(weights_only=True) reads back: None, bool, int, "
+    "float, str, bytes, tensors, and lists, tuples and dicts of them"
+)
+
+
+def _plain(value: Any, where: str = "value") -> Any:
+    """``value`` with every part weights_only-safe, recursively: paths -> str, numpy scalars and
+    subclasses of int/float/str (e.g. enums) -> the plain type, torch.device -> str, tensors -> CPU.
+    Anything else raises TypeError naming ``where`` (e.g. ``metadata['run']['when']``)."""
+    if type(value) in _PLAIN_TYPES or isinstance(value, (torch.dtype, torch.Size)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if isinstance(value, torch.device):
-        return str(value)
-    return value
+        return {_plain_key(key, where): _plain(item, f"{where}[{key!r}]") for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, tuple):
+        return tuple(_plain(item, f"{where}[{i}]") for i, item in enumerate(value))
+    if isinstance(value, (os.PathLike, torch.device)):
+        return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return _plain(value.item(), where)  # numpy scalar -> Python number
+    for kind in (bool, int, float, str):  # IntEnum, str enums, numpy float64 (a float subclass), ...
+        if isinstance(value, kind):
+            return kind(value) if kind is not str else str.__str__(value)
+    fix = "convert it to a list with .tolist()" if hasattr(value, "tolist") else "convert it, e.g. with str(...)"
+    if isinstance(value, (set, frozenset)):
+        fix = "store sorted(...) (a list) instead"
+    raise TypeError(f"{where} is a {type(value).__name__} ({value!r:.60}); {_HINT}: {fix}.")
+
+
+def _plain_key(key: Any, where: str) -> Any:
+    if isinstance(key, os.PathLike):
+        return os.fspath(key)
+    if type(key) in (str, int, float, bool, type(None)):
+        return key
+    if type(key).__module__ == "numpy" and hasattr(key, "item"):
+        return key.item()
+    raise TypeError(f"{where} has the key {key!r} ({type(key).__name__}); use str keys. {_HINT}.")
 
 
 def data_key(train_data) -> dict:
@@ -68,6 +125,7 @@ def data_key(train_data) -> dict:
     return {"name": train_data.name, "n": len(train_data)}
 
 
+# ------------------------------------------------------------------------------------ saving
 def save_checkpoint(
     path: str | os.PathLike,
     model: VAE,
@@ -82,50 +140,256 @@ def save_checkpoint(
     stored on the CPU, so the file loads on any machine. Returns the path.
 
     ``train_data`` (an ``ImageDataset``): records its name and size in ``metadata["train_data"]``,
-    which ``load_or_train`` compares before it reuses the checkpoint."""
-    if not isinstance(getattr(model, "config", None), VAEConfig):
+    which ``load_or_train`` compares before it reuses the checkpoint.
+
+    Everything is checked before a byte is written: TypeError for a value the file could not hold
+    (naming it) and for arguments of the wrong kind, ValueError for an optimizer of another model,
+    IsADirectoryError / NotADirectoryError / PermissionError for a path that cannot be written, each
+    with the fix. The written file is loaded back before it replaces ``path``. A full disk raises
+    ``OSError(ENOSPC)`` saying how much space was needed; the previous file is then unchanged.
+    """
+    if not isinstance(model, torch.nn.Module) or not isinstance(getattr(model, "config", None), VAEConfig):
         raise TypeError(
             f"save_checkpoint needs a vae_utils VAE (with a VAEConfig in .config), got {type(model).__name__}."
         )
-    path = Path(path)
+    _check_optimizer_matches(model, optimizer)
+    if history is not None and not isinstance(history, History):
+        raise TypeError(f"save_checkpoint: history must be a History (FitResult.history) or None, got {type(history).__name__}.")
+    if train_config is not None and not isinstance(train_config, TrainConfig):
+        raise TypeError(f"save_checkpoint: train_config must be a TrainConfig or None, got {type(train_config).__name__}.")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TypeError(f"save_checkpoint: metadata must be a dict of plain values or None, got {type(metadata).__name__}.")
+    path = _writable_target(path)
+    extra = {"train_data": data_key(train_data)} if train_data is not None else {}
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "model_config": _plain(model.config.to_dict()),
+        "model_config": _plain(model.config.to_dict(), "model.config"),
         "model_state": {key: value.detach().cpu() for key, value in model.state_dict().items()},
-        "optimizer_state": _optimizer_state_cpu(optimizer.state_dict()) if optimizer is not None else None,
-        "history": _plain(history.to_dict()) if history is not None else None,
-        "train_config": _plain(train_config.to_dict()) if train_config is not None else None,
-        "metadata": _plain({**(metadata or {}), **({"train_data": data_key(train_data)} if train_data is not None else {})}),
+        "optimizer_state": _plain(optimizer.state_dict(), "optimizer.state_dict()") if optimizer is not None else None,
+        "history": _plain(history.to_dict(), "history") if history is not None else None,
+        "train_config": _plain(train_config.to_dict(), "train_config") if train_config is not None else None,
+        "metadata": _plain({**(metadata or {}), **extra}, "metadata"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    _write_atomically(path, payload, model)
     return path
 
 
-def _optimizer_state_cpu(state: dict) -> dict:
-    def to_cpu(value):
-        if isinstance(value, torch.Tensor):
-            return value.detach().cpu()
-        if isinstance(value, dict):
-            return {key: to_cpu(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [to_cpu(item) for item in value]
-        if isinstance(value, tuple):  # e.g. Adam's betas: kept a tuple (weights_only loads tuples)
-            return tuple(to_cpu(item) for item in value)
-        return value
+def _check_optimizer_matches(model: VAE, optimizer) -> None:
+    if optimizer is None:
+        return
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"save_checkpoint: optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}."
+        )
+    own = {id(p) for p in model.parameters()}
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    if {id(p) for p in held} != own or len(held) != len(own):
+        ours = sum(id(p) in own for p in held)
+        raise ValueError(
+            f"save_checkpoint: the optimizer is not this model's: it holds {len(held)} parameter tensors, "
+            f"{ours} of them this model's (which has {len(own)}). Pass the optimizer that trains this model "
+            "(e.g. FitResult.optimizer), or none."
+        )
 
-    return to_cpu(state)
+
+def _writable_target(path: Any) -> Path:
+    """``path`` as a Path whose folder exists and can be written, or an error naming the problem."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"save_checkpoint: path must be a str or pathlib.Path, got {type(path).__name__}.")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise _os_error(
+            IsADirectoryError, errno.EISDIR, path,
+            f"Cannot save the checkpoint to {path}: it is a folder. Give a file path, e.g. {path / 'checkpoint.pt'}.",
+        )
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise _os_error(
+            NotADirectoryError, errno.ENOTDIR, ancestor,
+            f"Cannot save the checkpoint to {path}: {ancestor} is a file, not a folder. Choose a path "
+            f"in a folder, or move the file {ancestor} out of the way.",
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _folder_error(path, ancestor, err) from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise _folder_error(path, path.parent, PermissionError(errno.EACCES, "Permission denied"))
+    return path
+
+
+def _folder_error(path: Path, folder: Path, err: OSError) -> OSError:
+    if err.errno == errno.EROFS:
+        problem, fix = "is on a read-only file system", "save to a writable disk"
+    elif isinstance(err, PermissionError):
+        problem = "is not writable (permission denied)"
+        fix = f"save somewhere you can write (e.g. in your home folder), or make it writable (chmod u+w '{folder}')"
+    else:
+        return err
+    return _os_error(type(err), err.errno, folder, f"Cannot save the checkpoint to {path}: the folder {folder} {problem}; {fix}.")
+
+
+def _os_error(kind: type[OSError], code: int, filename: Any, message: str) -> OSError:
+    """An OSError subclass with ``errno`` set whose text is just ``message`` (which names the file),
+    not "[Errno N] message: 'filename'" (setting ``.filename`` would bring that format back)."""
+    error = kind(message)
+    error.errno = code
+    return error
+
+
+class _RecordingWriter:
+    """A file for torch.save that remembers the OSError a write raised (torch.save reports it only as
+    ``RuntimeError: [enforce fail at inline_container.cc] ... unexpected pos``)."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _temp_path(path: Path) -> Path:
+    stem = path.name[:120]  # stays under the 255-byte name limit
+    return path.with_name(f".{stem}.saving-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _write_atomically(path: Path, payload: dict, model: VAE) -> None:
+    folder = path.parent
+    remove_stale_temp_files(folder)
+    tmp = _temp_path(path)
+    try:
+        # O_EXCL: never follow or reuse an existing name; mode 0o666 lets the umask decide, as for any new file.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as err:
+        raise _folder_error(path, folder, err) from None
+    try:
+        with os.fdopen(fd, "wb") as file:
+            writer = _RecordingWriter(file)
+            try:
+                torch.save(payload, writer)
+                file.flush()
+                os.fsync(file.fileno())
+            except (OSError, RuntimeError) as err:
+                raise _write_error(path, payload, writer.error or err) from None
+        _verify_written(tmp, path, model)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+
+
+def _payload_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_payload_bytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_payload_bytes(item) for item in value)
+    return 0
+
+
+def _write_error(path: Path, payload: dict, err: BaseException) -> BaseException:
+    """Name a full disk as such (torch.save reports it as 'enforce fail at inline_container.cc')."""
+    needed = _payload_bytes(payload) + 64 * 1024
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    recorded = isinstance(err, OSError) and err.errno is not None
+    full = err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) if recorded else (
+        "inline_container" in str(err) and free is not None and free < needed
+    )
+    if not full:
+        return err
+    left = f"; {_size(free)} free there" if free is not None else ""
+    return _os_error(
+        OSError, errno.ENOSPC, path,
+        f"No space left on device while writing {path} (needed about {_size(needed, up=True)}{left}). Free some "
+        f"space or save to another disk; the previous file at {path}, if any, is unchanged.",
+    )
+
+
+def _size(n: int, up: bool = False) -> str:
+    """Bytes for a person: whole MB from 1 MB on (rounded up for what is needed), else KB."""
+    if n >= 2**20:
+        return f"{math.ceil(n / 2**20) if up else round(n / 2**20)} MB"
+    return f"{math.ceil(n / 2**10) if up else round(n / 2**10)} KB"
+
+
+def _verify_written(tmp: Path, path: Path, model: VAE) -> None:
+    """Load the written file back exactly as load_checkpoint would; never let a bad one replace ``path``."""
+    try:
+        payload = torch.load(tmp, map_location="cpu", weights_only=True)
+        _check_payload(path, payload, model if type(model) is VAE else None)  # others: as load would
+    except Exception as err:  # noqa: BLE001 -- whatever went wrong, the old file stays
+        lines = str(err).strip().splitlines()
+        raise CheckpointError(
+            f"save_checkpoint wrote {path}, but the file does not load back ({type(err).__name__}: "
+            f"{lines[0] if lines else ''}); the previous file, if any, was kept. This is a bug in "
+            "vae_utils or a failing disk: please report it."
+        ) from None
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of interrupted saves in ``folder``: those of processes on this
+    machine that no longer run, and any older than an hour (also ``vae_utils`` 0.1's names).
+    ``save_checkpoint`` calls this before every write. Returns the paths removed."""
+    folder = Path(folder)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    names = {entry.name for entry in entries}
+    now, host, removed = time.time(), _host_tag(), []
+    for entry in entries:
+        match = _TEMP_PATTERN.match(entry.name)
+        legacy = None if match else _LEGACY_TEMP_PATTERN.match(entry.name)
+        if not (match or (legacy and legacy["target"] in names)):
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+            if not entry.is_file(follow_symlinks=False):
+                continue
+        except OSError:
+            continue
+        dead = bool(match) and match["host"] == host and not _process_alive(int(match["pid"]))
+        if dead or age > STALE_TEMP_SECONDS:
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it on Windows: rely on the age instead
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it runs, as someone else
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -142,15 +406,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# ------------------------------------------------------------------------------------ loading
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None = None) -> Checkpoint:
     """Load a checkpoint written by ``save_checkpoint`` with ``torch.load(weights_only=True)``.
 
     device: where the model goes (None: cuda, then mps, then cpu). Returns a :class:`Checkpoint`.
 
-    Raises :class:`CheckpointError` when the file is missing, truncated or corrupt, is not a
-    vae_utils checkpoint, or holds weights that do not fit its model config (naming the keys).
+    Raises :class:`CheckpointError` when the file is missing, unreadable, truncated or corrupt, is
+    not a vae_utils checkpoint, holds weights that do not fit its model config (naming the keys), or
+    an optimizer state that does not fit the model's parameters.
     """
-    path = Path(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load_checkpoint: path must be a str or pathlib.Path, got {type(path).__name__}.")
+    path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(
             f"No checkpoint at {path}. Create one with save_checkpoint(path, model, ...), "
@@ -158,7 +426,17 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None =
         )
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file (did you mean {path / 'checkpoint.pt'}?).")
+    device = pick_device(device)
     payload = _read_payload(path)
+    model, history, train_config = _check_payload(path, payload)
+    model.load_state_dict(payload["model_state"])
+    model.to(device).eval()
+    return Checkpoint(model, history, train_config, payload["optimizer_state"], dict(payload.get("metadata") or {}))
+
+
+def _check_payload(path: Path, payload: Any, model: VAE | None = None):
+    """Every check load_checkpoint makes on a payload; returns (model, history, train_config).
+    ``model``: compare the weights with this model instead of building one from the config."""
     problem = _format_problem(payload)
     if problem:
         raise CheckpointError(f"{path} is not a vae_utils checkpoint: {problem}.")
@@ -169,23 +447,29 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None =
         )
     try:
         config = VAEConfig.from_dict(payload["model_config"])
-        model = VAE(config)
+        if model is None:
+            model = VAE(config)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path} has an invalid model_config {payload['model_config']}: {err}") from None
     _check_state_matches(path, model, payload["model_state"])
-    model.load_state_dict(payload["model_state"])
-    model.to(pick_device(device)).eval()
+    _check_optimizer_state(path, model, payload["optimizer_state"])
     try:
         history = History.from_dict(payload["history"]) if payload["history"] is not None else None
         train_config = TrainConfig.from_dict(payload["train_config"]) if payload["train_config"] is not None else None
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path} has an invalid history or train_config: {err}") from None
-    return Checkpoint(model, history, train_config, payload["optimizer_state"], dict(payload.get("metadata") or {}))
+    if not isinstance(payload.get("metadata") or {}, dict):
+        raise CheckpointError(f"{path} is not a vae_utils checkpoint: its metadata is not a dict.")
+    return model, history, train_config
 
 
 def _read_payload(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise CheckpointError(
+            f"Cannot read {path}: permission denied. Make it readable (chmod u+r '{path}') or ask its owner."
+        ) from None
     except Exception as err:  # noqa: BLE001 -- torch.load fails in many ways on garbage (even IndexError)
         refused = isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower()
         if refused and zipfile.is_zipfile(path):  # a whole torch file, with objects we will not unpickle
@@ -240,3 +524,33 @@ def _check_state_matches(path: Path, model: VAE, state: dict) -> None:
             + " | ".join(parts)
             + ". The file was edited or written by mismatched code; delete it and train again."
         )
+
+
+def _check_optimizer_state(path: Path, model: VAE, state: Any) -> None:
+    """The optimizer state must load into ``torch.optim.Adam(model.parameters())``: one entry per
+    parameter, in order, with moments of the parameter's shape."""
+    if state is None:
+        return
+    fix = (
+        "It was saved with an optimizer of another model. Load the model anyway by deleting the state: "
+        "payload = torch.load(path, weights_only=True); payload['optimizer_state'] = None; torch.save(payload, path)"
+    )
+    if not (isinstance(state, dict) and isinstance(state.get("param_groups"), list) and isinstance(state.get("state"), dict)):
+        raise CheckpointError(f"The optimizer_state in {path} is not an optimizer state dict (param_groups, state).")
+    try:
+        ids = [index for group in state["param_groups"] for index in group["params"]]
+    except (KeyError, TypeError):
+        raise CheckpointError(f"The optimizer_state in {path} has param_groups without 'params'.") from None
+    params = list(model.parameters())
+    if len(ids) != len(params):
+        raise CheckpointError(
+            f"The optimizer state in {path} does not fit its model: it holds {len(ids)} parameter tensors, "
+            f"the model has {len(params)}. {fix}"
+        )
+    for position, (index, param) in enumerate(zip(ids, params)):
+        for name, value in (state["state"].get(index) or {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                raise CheckpointError(
+                    f"The optimizer state in {path} does not fit its model: parameter {position}'s {name!r} "
+                    f"has shape {list(value.shape)}, the parameter {list(param.shape)}. {fix}"
+                )

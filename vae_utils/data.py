@@ -18,6 +18,7 @@ cache folder; offline, :class:`DatasetNotFoundError` says where it looked and ho
 
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import numbers
@@ -135,12 +136,12 @@ def _readable(path: Path, folder: bool = False) -> bool:
 def _unreadable(path: Path, folder: bool = False) -> PermissionError:
     what = "look inside the folder" if folder else "read"
     mode = "a+rx" if folder else "a+r"
-    return PermissionError(
-        13,
+    error = PermissionError(
         f"Cannot {what} {path}: permission denied. Give yourself access (chmod {mode} '{path}', or ask "
-        "the owner), or copy the idx files to a folder you can read and pass load_dataset(..., root=that_folder)",
-        str(path),
+        "the owner), or copy the idx files to a folder you can read and pass load_dataset(..., root=that_folder)."
     )
+    error.errno = errno.EACCES  # no .filename: it would turn the text into "[Errno 13] ...: 'path'"
+    return error
 
 
 @functools.lru_cache(maxsize=16)
