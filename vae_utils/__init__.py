@@ -37,10 +37,8 @@ _HOMES = {
 
 __all__ = list(_HOMES)
 
-_SUBMODULES = (
-    "objectives", "toy", "estimators", "plotting", "widgets", "data", "model", "networks",
-    "training", "evaluation", "checkpoint", "runs", "tutorial", "device",
-)
+# Every module in the package is an attribute too (objectives, toy, estimators, plotting, widgets, data,
+# model, networks, training, evaluation, checkpoint, runs, tutorial, device, ...), imported on first use.
 
 
 def __getattr__(name: str) -> object:
@@ -58,7 +56,10 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted([*__all__, *_SUBMODULES, "__version__"])
+    import pkgutil
+
+    submodules = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    return sorted({*__all__, *submodules, "__version__"})
 
 
 if _typing.TYPE_CHECKING:  # for editors and type checkers: the same names, imported eagerly
