@@ -254,16 +254,17 @@ def fit(
     callback: Callable[[History], None] | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Train ``model`` (a VAE) with ``train_epoch``, ``config.epochs`` times, and record a History.
+    """Train ``model`` (a VAE): ``config.epochs`` calls of ``train_epoch``, with a History.
 
-    test_data: its ELBO is computed after every epoch (binarized once with a fixed seed when
-    ``config.binarize``). optimizer: default Adam(lr=config.lr). callback(history): after each
-    epoch (e.g. a live loss plot). progress: a bar over batches, ticking every 20 (count only).
-    Model and data go to ``config.device``. Returns ``FitResult(model, history, optimizer,
-    interrupted)``. Ctrl-C (or the notebook's stop button) stops cleanly: ``interrupted=True``, the
-    weights of the steps taken, the completed epochs only in the history. A NaN or inf loss raises
-    ``TrainingDivergedError`` naming the epoch and step, with model and optimizer restored to the end
-    of the previous epoch (checked once per epoch: one host sync per epoch).
+    test_data: its ELBO after every epoch (binarized once, fixed seed, when ``config.binarize``).
+    optimizer: default Adam(lr=config.lr). callback(history): after each epoch (a live plot).
+    progress: a bar over batches that ticks every 20 (a count: no host sync). The model and data
+    move to ``config.device``. Returns ``FitResult(model, history, optimizer, interrupted)``.
+
+    Ctrl-C (or the notebook's stop button) stops cleanly: ``interrupted=True``, the weights of the
+    steps taken, the completed epochs in the history. A NaN or inf loss raises
+    ``TrainingDivergedError`` (epoch and step), with model and optimizer restored to the end of the
+    previous epoch; it is checked with the epoch's sums, the one host sync per epoch.
     """
     config = TrainConfig() if config is None else config
     _check_fit_inputs(model, train_data, test_data, config, optimizer)
