@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import os
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -374,3 +376,45 @@ def test_real_fashion_mnist_if_installed():
     assert test.images.shape == (10000, 1, 28, 28)
     assert torch.equal(torch.bincount(test.labels), torch.full((10,), 1000))
     assert test.classes[9] == "Ankle boot"
+
+
+# ---------------------------------------------------------------------------- permissions and argument types
+
+
+def test_a_data_folder_without_read_permission_names_the_folder(no_default_data, tmp_path, monkeypatch):
+    folder = tmp_path / "locked"
+    write_dataset(folder, gz=False)
+    if os.geteuid() != 0:  # a real unreadable folder (root reads it anyway)
+        folder.chmod(0o000)
+        try:
+            with pytest.raises(PermissionError, match=f"Cannot look inside the folder {folder}: permission denied"):
+                load_dataset("mnist", root=folder, download=False)
+        finally:
+            folder.chmod(0o755)
+    # As this process sees a folder it may not search: nothing can be found in it, and access says no.
+    empty = tmp_path / "empty_locked"
+    empty.mkdir()
+    real = data_module._readable
+    monkeypatch.setattr(data_module, "_readable", lambda path, folder=False: path != empty and real(path, folder))
+    with pytest.raises(PermissionError) as info:
+        load_dataset("mnist", root=empty, download=False)
+    assert f"Cannot look inside the folder {empty}: permission denied" in str(info.value)
+    assert "chmod a+rx" in str(info.value) and "root=that_folder" in str(info.value)
+
+
+def test_an_unreadable_idx_file_names_the_file(no_default_data, tmp_path, monkeypatch):
+    write_dataset(tmp_path / "data", gz=False)
+    images = (tmp_path / "data" / "train-images-idx3-ubyte").resolve()
+    real = data_module._readable
+    monkeypatch.setattr(data_module, "_readable", lambda path, folder=False: path != images and real(path, folder))
+    for call in (lambda: read_idx(images), lambda: load_dataset("mnist", root=tmp_path / "data", download=False)):
+        with pytest.raises(PermissionError, match=f"Cannot read {images}: permission denied.*chmod a\\+r"):
+            call()
+
+
+def test_batches_checks_its_arguments_when_called_not_when_iterated():
+    ds = indexed_dataset(10)
+    for bad in (0, 2.5, True, -1, "8"):
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            ds.batches(bad)  # no iteration needed: the error comes at the call
+    assert [len(x) for x in ds.batches(np.int64(4), shuffle=False)] == [4, 4, 2]  # numpy ints are ints

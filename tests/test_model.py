@@ -5,10 +5,12 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import distributions as D
 
 from vae_utils.device import pick_device, seed_everything
-from vae_utils.model import VAE, VAEConfig, VAEOutput
+from vae_utils.model import VAE, VAEConfig, VAEOutput, check_images
 from vae_utils.objectives import (
     gaussian_kl,
     importance_weighted_bound,
@@ -294,3 +296,110 @@ def test_seed_everything_makes_runs_repeatable():
     second = (torch.randn(3), torch.randn(2, generator=generator))
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     assert generator.device == torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- property-based (Hypothesis)
+BOUNDED = settings(max_examples=50, deadline=None)
+SEEDS = st.none() | st.integers(-(2**63), 2**64 - 1)
+
+
+@st.composite
+def valid_configs(draw):
+    architecture = draw(st.sampled_from(["mlp", "conv"]))
+    if architecture == "mlp":
+        hidden = draw(st.lists(st.integers(1, 512), max_size=3))
+        shape = (draw(st.integers(1, 3)), draw(st.integers(1, 40)), draw(st.integers(1, 40)))
+    else:
+        hidden = draw(st.lists(st.integers(1, 64), min_size=1, max_size=3))
+        step = 2 ** len(hidden)
+        shape = (draw(st.integers(1, 3)), step * draw(st.integers(1, 8)), step * draw(st.integers(1, 8)))
+    likelihood = draw(st.sampled_from(["bernoulli", "gaussian"]))
+    std = draw(st.none() | st.floats(1e-4, 1e3)) if likelihood == "gaussian" else None
+    as_list = draw(st.booleans())  # JSON gives lists; they must become tuples
+    return VAEConfig(
+        latent_dim=draw(st.integers(1, 256)),
+        architecture=architecture,
+        hidden_dims=list(hidden) if as_list else tuple(hidden),
+        image_shape=list(shape) if as_list else shape,
+        likelihood=likelihood,
+        decoder_std=std,
+        seed=draw(SEEDS),
+    )
+
+
+@BOUNDED
+@given(valid_configs())
+def test_valid_configs_round_trip_through_dict_and_json(config):
+    assert isinstance(config.hidden_dims, tuple) and isinstance(config.image_shape, tuple)
+    assert VAEConfig.from_dict(config.to_dict()) == config
+    assert VAEConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+NOT_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
+NOT_INTS = st.booleans() | st.floats(allow_nan=True) | st.text(max_size=3) | st.none() | NOT_FINITE
+BAD_VALUES = {
+    "latent_dim": NOT_INTS.filter(lambda v: v is not None) | st.integers(max_value=0),
+    "architecture": st.text(max_size=6).filter(lambda v: v not in ("mlp", "conv")) | st.none() | st.integers(),
+    "hidden_dims": st.lists(st.booleans() | st.integers(max_value=0) | st.floats(allow_nan=True), min_size=1, max_size=3)
+    | st.integers(1, 5) | st.text(min_size=1, max_size=3),
+    "image_shape": st.tuples(st.integers(1, 3), st.integers(1, 9), st.booleans() | st.integers(max_value=0) | NOT_FINITE)
+    | st.tuples(st.integers(1, 9), st.integers(1, 9)) | st.none(),
+    "likelihood": st.text(max_size=6).filter(lambda v: v not in ("bernoulli", "gaussian")) | st.none(),
+    "decoder_std": st.booleans() | NOT_FINITE | st.floats(max_value=0) | st.text(min_size=1, max_size=3),
+    "seed": st.booleans() | st.floats(allow_nan=True) | st.text(max_size=3) | st.integers(min_value=2**64)
+    | st.integers(max_value=-(2**63) - 1),
+}
+
+
+@BOUNDED
+@given(st.sampled_from(sorted(BAD_VALUES)).flatmap(lambda name: st.tuples(st.just(name), BAD_VALUES[name])))
+def test_invalid_config_values_are_refused_naming_the_field(field_and_value):
+    name, value = field_and_value
+    kwargs = {name: value}
+    if name == "decoder_std":
+        kwargs["likelihood"] = "gaussian"
+    with pytest.raises((ValueError, TypeError)) as info:
+        VAEConfig(**kwargs)
+    assert name in str(info.value), (kwargs, str(info.value))
+
+
+@st.composite
+def image_batches(draw, bad: bool):
+    shape = (draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+    seed = draw(st.integers(0, 2**31))
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+    if draw(st.booleans()):  # the ends of the interval are allowed
+        x.view(-1)[0] = draw(st.sampled_from([0.0, 1.0]))
+    if bad:
+        value = draw(st.floats(allow_nan=True, allow_infinity=True, width=32).filter(lambda v: not 0 <= v <= 1))
+        x.view(-1)[draw(st.integers(0, x.numel() - 1))] = value
+    return x
+
+
+@BOUNDED
+@given(image_batches(bad=False))
+def test_images_in_the_unit_interval_pass_the_check(x):
+    check_images(x, tuple(x.shape[1:]))
+
+
+@BOUNDED
+@given(image_batches(bad=True))
+def test_any_value_outside_the_unit_interval_is_refused(x):
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]") as info:
+        check_images(x, tuple(x.shape[1:]))
+    low, high = torch.aminmax(x)
+    if torch.isnan(x).any():
+        assert "NaN" in str(info.value)
+    elif math.isinf(low) or math.isinf(high):
+        assert "infinite" in str(info.value)
+    elif low < 0:
+        assert "negative" in str(info.value)
+    elif 1.5 < high <= 255:
+        assert "divide by 255" in str(info.value)
+
+
+@BOUNDED
+@given(image_batches(bad=False), st.sampled_from([torch.uint8, torch.int64, torch.bool, torch.float64, torch.float16]))
+def test_other_dtypes_are_refused_with_the_conversion(x, dtype):
+    with pytest.raises(TypeError, match=r"x\.float\(\)"):
+        check_images(x.to(dtype), tuple(x.shape[1:]))
