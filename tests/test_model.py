@@ -403,3 +403,10 @@ def test_any_value_outside_the_unit_interval_is_refused(x):
 def test_other_dtypes_are_refused_with_the_conversion(x, dtype):
     with pytest.raises(TypeError, match=r"x\.float\(\)"):
         check_images(x.to(dtype), tuple(x.shape[1:]))
+
+
+def test_seed_everything_refuses_seeds_torch_cannot_take():
+    with pytest.raises(TypeError, match="int"):
+        seed_everything(True)
+    with pytest.raises(ValueError, match=r"\[-2\*\*63, 2\*\*64\)"):
+        seed_everything(2**64)

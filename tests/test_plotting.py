@@ -1,5 +1,7 @@
 """Plotting: figures hold the images, curves and points they claim to show (Agg backend, no display)."""
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -160,3 +162,27 @@ def test_plot_latent_traversal_has_one_row_per_dimension():
 def test_plot_kl_per_dim_draws_one_bar_per_dimension_and_series():
     fig = plot_kl_per_dim({"beta=1": torch.rand(6), "beta=4": torch.rand(6)})
     assert len(fig.axes[0].patches) == 12
+
+
+@pytest.mark.parametrize("images, error, words", [
+    (torch.full((2, 1, 4, 4), float("nan")), ValueError, "NaN"),
+    (torch.randint(0, 256, (2, 1, 4, 4)).float(), ValueError, "divide by 255"),
+    (torch.rand(2, 4, 4, 3), ValueError, "x.permute(0, 3, 1, 2)"),
+    (torch.rand(2, 784), ValueError, "x.view(-1, 1, 28, 28)"),
+])
+def test_show_images_refuses_what_it_cannot_draw_truthfully(images, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        show_images(images)
+
+
+def test_show_images_still_clamps_decoder_means_that_stray_a_little():
+    means = torch.rand(2, 1, 4, 4) * 1.2 - 0.1  # a Gaussian decoder's means: not whole numbers
+    grid = image_grid(means, padding=0)
+    assert grid.min() >= 0.0 and grid.max() <= 1.0
+
+
+@pytest.mark.parametrize("kwargs", [{"grid_size": 1}, {"grid_size": 2.5}, {"grid_size": True}, {"span": 0},
+                                    {"span": float("nan")}, {"span": -1.0}])
+def test_latent_grid_refuses_bad_sizes_and_spans(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        latent_grid(**kwargs)

@@ -120,3 +120,17 @@ def test_spherical_interpolation_keeps_the_norm_of_equal_norm_codes():
     assert linear[5].norm() < 3.0
     with pytest.raises(ValueError, match="linear"):
         interpolate_codes(z_a, z_b, 0.5, "cubic")
+
+
+def test_image_to_png_refuses_nan_pixels():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        image_to_png(torch.full((1, 28, 28), float("nan")))
+
+
+def test_set_values_refuses_a_code_of_the_wrong_size_or_nan(model):
+    explorer = latent_explorer(model)
+    with pytest.raises(ValueError, match="5 values"):
+        explorer.set_values(torch.zeros(4))
+    with pytest.raises(ValueError, match="finite"):
+        explorer.set_values(torch.full((5,), float("nan")))
+    assert explorer.values().tolist() == [0.0] * 5  # nothing moved

@@ -71,6 +71,8 @@ def seed_everything(seed: int) -> torch.Generator:
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, not {type(seed).__name__}")
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must be in [-2**63, 2**64) (what torch.manual_seed takes), got {seed}")
     random.seed(seed)
     try:
         import numpy as np

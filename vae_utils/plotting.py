@@ -44,12 +44,37 @@ def _as_image_batch(images: torch.Tensor) -> torch.Tensor:
     if images.dim() == 3:  # [N, H, W]: a batch of single-channel images
         images = images.unsqueeze(1)
     if images.dim() != 4 or images.shape[1] not in (1, 3):
+        if images.dim() == 4 and images.shape[-1] in (1, 3):
+            fix = "these look like channels-last images [N, H, W, C]: move the channels with x.permute(0, 3, 1, 2)"
+        elif images.dim() == 2:
+            fix = "these look like flattened images: reshape them, e.g. x.view(-1, 1, 28, 28) for 28x28 grey images"
+        else:
+            fix = "pass a batch of grey (C = 1) or colour (C = 3) images"
         raise ValueError(
-            f"expected images of shape [N, C, H, W] with C = 1 or 3 (or [N, H, W]), got "
-            f"{tuple(images.shape)}; reshape flat images with x.view(-1, 1, 28, 28)"
+            f"expected images of shape [N, C, H, W] with C = 1 or 3 (or [N, H, W]), got {tuple(images.shape)}; {fix}"
         )
     scale = 255.0 if images.dtype == torch.uint8 else 1.0  # raw uint8 pixels from ImageDataset.images
-    return (images.detach().to("cpu", torch.float32) / scale).clamp(0.0, 1.0)
+    images = images.detach().to("cpu", torch.float32) / scale
+    _check_pixel_values(images)
+    return images.clamp(0.0, 1.0)
+
+
+def _check_pixel_values(images: torch.Tensor) -> None:
+    """Refuse NaN/inf pixels and whole-number floats above 1 (0..255 pixels not divided by 255).
+    Other values are clamped to [0, 1] for display (a Gaussian decoder's means may stray a little)."""
+    if images.numel() == 0:
+        return
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(
+            "the images hold NaN or infinite values (a model whose training diverged decodes to NaN); "
+            "find them with torch.isnan(x).nonzero()"
+        )
+    high = float(images.max())
+    if high > 1.0 and bool((images == images.round()).all()):
+        raise ValueError(
+            f"the images are whole numbers up to {high:g}: these look like 0..255 pixels; divide by 255 "
+            "(x / 255), or pass the uint8 tensor itself"
+        )
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
@@ -251,8 +276,10 @@ def latent_grid(grid_size: int = 15, span: float = 3.0, quantiles: bool = True) 
     Phi(span), mapped through the inverse CDF (Kingma & Welling 2013, fig. 4), so each cell covers the
     same prior mass. quantiles=False: equally spaced in [-span, span].
     """
-    if grid_size < 2:
-        raise ValueError(f"grid_size must be at least 2, got {grid_size}")
+    if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 2:
+        raise ValueError(f"grid_size must be an int of at least 2, got {grid_size!r}")
+    if isinstance(span, bool) or not isinstance(span, (int, float)) or not (math.isfinite(span) and span > 0):
+        raise ValueError(f"span must be a positive finite number, got {span!r}")
     if quantiles:
         standard = torch.distributions.Normal(0.0, 1.0)
         lo = standard.cdf(torch.tensor(-float(span)))
