@@ -204,3 +204,19 @@ def test_subset_with_a_boolean_mask_picks_the_true_rows():
     picked = data.subset(mask)
     assert torch.equal(picked.labels, data.labels[mask]) and len(picked) == 4
     assert torch.equal(data.subset(np.int64(5)).images, data.images[:5])  # numpy ints count as ints
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: a host sync is only visible on a GPU")
+def test_training_steps_on_cuda_never_wait_for_the_device():
+    model = VAE(CONFIG).cuda()
+    data = dataset(64).to("cuda")
+    batches = list(data.batches(16, generator=torch.Generator("cuda").manual_seed(0), binarize=True))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronizing CUDA call raises
+    try:
+        for x in batches:
+            vae_elbo(model, x).elbo.sum().backward()  # marked batches: no value check, no sync
+        with pytest.raises(RuntimeError, match="synchroniz"):  # the control: an unmarked batch is checked
+            vae_elbo(model, batches[0] * 1.0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
