@@ -539,3 +539,47 @@ def test_notebooks_use_one_import_style(path):
     found = [f"{cell_label(nb, i)}: {m.group(0)!r}" for i, c in enumerate(nb.cells) if c.cell_type == "code"
              for m in re.finditer(r"^\s*(?:from\s+vae_utils[\w.]*\s+import\s+.+|import\s+vae_utils\.\S+.*|import\s+vae_utils\s*$)", c.source, re.M)]
     assert not found, f"{path.name}: use `import vae_utils as vu` and `vu.name` / `vu.submodule.name` only: {found}"
+
+
+def heading_anchors(nb) -> set[str]:
+    """The anchors JupyterLab gives a notebook's headings: the heading's text with spaces made '-'."""
+    anchors = set()
+    for level in range(1, 7):
+        for _, text in headings(nb, level):
+            plain = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # [text](url) shows as text
+            plain = re.sub(r"[*_`]", "", plain)
+            anchors.add(plain.strip().replace(" ", "-"))
+    return anchors
+
+
+@pytest.mark.parametrize("path", notebook_params())
+def test_links_to_sections_name_headings_that_exist(path):
+    nb = read(path)
+    broken = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "markdown":
+            continue
+        for _, target in links(markdown(cell)):
+            parts = urlsplit(target)
+            if parts.scheme or parts.netloc or not parts.fragment:
+                continue
+            file = path if not parts.path else path.parent / unquote(parts.path)
+            if file.suffix != ".ipynb" or not file.is_file():
+                continue
+            if unquote(parts.fragment) not in heading_anchors(read(file.resolve())):
+                broken.append(f"{cell_label(nb, index)} links to {target!r}")
+    assert not broken, f"{path.name} links to sections that do not exist (renamed headings?): {broken}"
+
+
+def test_colab_badges_and_navigation_are_up_to_date():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(REPO / ".ci" / "colab_links.py"), "--check", *map(str, NOTEBOOKS)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, (
+        f"{result.stderr.strip()}; run `python .ci/colab_links.py notebooks/*.ipynb` (relative links do not "
+        "work on Colab, so each notebook also links its neighbours in Colab's GitHub-path form)"
+    )
