@@ -88,3 +88,13 @@ def test_bad_arguments_are_named():
         refinement.refine(model, random_images(), optimizer="lbfgs")
     with pytest.raises(ValueError, match="n_samples"):
         refinement.refine(model, random_images(), n_samples=0)
+
+
+def test_gaussian_elbo_is_the_elbo_on_fresh_seeded_noise():
+    model = VAE(SMALL)
+    x = random_images()
+    mu, logvar = model.encode(x)
+    a = refinement.gaussian_elbo(model, x, mu, logvar, n_samples=30, seed=5)
+    eps = standard_normal((30, *mu.shape), mu, torch.Generator().manual_seed(5))
+    assert torch.allclose(a, refinement.elbo_with_noise(model, x, mu, logvar, eps))
+    assert not torch.allclose(a, refinement.gaussian_elbo(model, x, mu, logvar, n_samples=30, seed=6))

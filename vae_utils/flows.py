@@ -31,9 +31,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .data import ImageDataset
+from .device import seed_everything
 from .evaluation import EVAL_BINARIZE_SEED, image_batches
 from .model import VAE, VAEConfig
 from .objectives import ELBO, elbo_terms, log_normal_diag, log_standard_normal, reparameterize
+from .training import default_optimizer, train_epoch
 
 __all__ = [
     "FlowConfig",
@@ -418,43 +420,43 @@ def train(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, list[float]]:
-    """The plain loop: Adam on ``-objective(model, x).elbo.mean()`` (nats per example, minimized),
-    dynamically binarized batches in a seeded order.
+    """``epochs`` passes of ``vu.train_epoch`` (the loop ``fit`` runs: Adam on
+    ``-objective(model, x).elbo.mean()``, nats per example, minimized) on dynamically binarized
+    batches, seeded like ``fit`` so a FlowVAE and a VAE see the same batches.
 
     Returns ``{"train_elbo": [...], "seconds": [...]}``, one entry per epoch (the mean training
     objective over the epoch's batches, and the epoch's wall time).
     """
     device = model.device
-    torch.manual_seed(seed)
+    seed_everything(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     train_data = train_data.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = default_optimizer(model, lr)
     history: dict[str, list[float]] = {"train_elbo": [], "seconds": []}
-    steps = epochs * math.ceil(len(train_data) / batch_size)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc="training", unit="step")
-    model.train()
+        bar = tqdm(total=epochs * math.ceil(len(train_data) / batch_size), desc="training", unit="step")
     try:
         for _ in range(epochs):
-            start, total = time.perf_counter(), torch.zeros((), device=device)
-            for x in train_data.batches(batch_size, generator=generator, binarize=True):
-                loss = -objective(model, x).elbo.mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach() * x.shape[0]
-                if bar is not None:
-                    bar.update(1)
-            history["train_elbo"].append(-float(total) / len(train_data))
+            start = time.perf_counter()
+            batches = train_data.batches(batch_size, generator=generator, binarize=True)
+            sums = train_epoch(model, _ticking(batches, bar), optimizer, objective)
+            history["train_elbo"].append(float(sums["objective"] / sums["n"]))
             history["seconds"].append(time.perf_counter() - start)
     finally:
         if bar is not None:
             bar.close()
     model.eval()
     return history
+
+
+def _ticking(batches, bar):
+    for x in batches:
+        yield x
+        if bar is not None:
+            bar.update(1)
 
 
 def load_or_train(
