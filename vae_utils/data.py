@@ -267,8 +267,13 @@ class ImageDataset:
         return tuple(self.images.shape[1:])
 
     def to(self, device: str | torch.device) -> ImageDataset:
-        """This data set with its tensors on ``device`` (``self`` if already there)."""
-        device = torch.device(device)
+        """This data set with its tensors on ``device`` (``self`` if already there).
+
+        device: "cpu", "cuda", "cuda:1", "mps", a torch.device, or None for the best available one;
+        checked by ``pick_device`` (a clear error for an unknown or unavailable device)."""
+        from .device import pick_device
+
+        device = pick_device(device)
         if self.images.device == device or (
             device.index is None and self.images.device.type == device.type
         ):
@@ -373,7 +378,9 @@ class ImageDataset:
         The same seed gives the same images on the same device, so a test set binarized this way is a
         fixed evaluation set (as in the IWAE paper's dynamically binarized MNIST).
         """
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"binarized(seed): seed must be an int, got {seed!r}")
+        generator = torch.Generator(device=self.device).manual_seed(int(seed))
         binary = torch.bernoulli(self.float_images(), generator=generator).to(torch.uint8).mul_(255)
         return ImageDataset(binary, self.labels, self.classes, f"{self.name} (binarized, seed {seed})")
 
