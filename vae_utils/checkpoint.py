@@ -46,7 +46,14 @@ from .device import pick_device
 from .model import VAE, VAEConfig
 from .training import History, TrainConfig
 
-__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "data_key"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "data_key",
+    "remove_stale_temp_files",
+]
 
 FORMAT = "vae_utils.checkpoint"
 VERSION = 1
@@ -153,12 +160,13 @@ def save_checkpoint(
             f"save_checkpoint needs a vae_utils VAE (with a VAEConfig in .config), got {type(model).__name__}."
         )
     _check_optimizer_matches(model, optimizer)
-    if history is not None and not isinstance(history, History):
-        raise TypeError(f"save_checkpoint: history must be a History (FitResult.history) or None, got {type(history).__name__}.")
-    if train_config is not None and not isinstance(train_config, TrainConfig):
-        raise TypeError(f"save_checkpoint: train_config must be a TrainConfig or None, got {type(train_config).__name__}.")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise TypeError(f"save_checkpoint: metadata must be a dict of plain values or None, got {type(metadata).__name__}.")
+    for name, value, kind, what in (
+        ("history", history, History, "a History (FitResult.history)"),
+        ("train_config", train_config, TrainConfig, "a TrainConfig"),
+        ("metadata", metadata, dict, "a dict of plain values"),
+    ):
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"save_checkpoint: {name} must be {what} or None, got {type(value).__name__}.")
     path = _writable_target(path)
     extra = {"train_data": data_key(train_data)} if train_data is not None else {}
     payload = {
@@ -229,7 +237,8 @@ def _folder_error(path: Path, folder: Path, err: OSError) -> OSError:
         fix = f"save somewhere you can write (e.g. in your home folder), or make it writable (chmod u+w '{folder}')"
     else:
         return err
-    return _os_error(type(err), err.errno, folder, f"Cannot save the checkpoint to {path}: the folder {folder} {problem}; {fix}.")
+    message = f"Cannot save the checkpoint to {path}: the folder {folder} {problem}; {fix}."
+    return _os_error(type(err), err.errno, folder, message)
 
 
 def _os_error(kind: type[OSError], code: int, filename: Any, message: str) -> OSError:
@@ -535,7 +544,8 @@ def _check_optimizer_state(path: Path, model: VAE, state: Any) -> None:
         "It was saved with an optimizer of another model. Load the model anyway by deleting the state: "
         "payload = torch.load(path, weights_only=True); payload['optimizer_state'] = None; torch.save(payload, path)"
     )
-    if not (isinstance(state, dict) and isinstance(state.get("param_groups"), list) and isinstance(state.get("state"), dict)):
+    groups, per_param = (state.get("param_groups"), state.get("state")) if isinstance(state, dict) else (None, None)
+    if not (isinstance(groups, list) and isinstance(per_param, dict)):
         raise CheckpointError(f"The optimizer_state in {path} is not an optimizer state dict (param_groups, state).")
     try:
         ids = [index for group in state["param_groups"] for index in group["params"]]

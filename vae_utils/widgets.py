@@ -96,7 +96,9 @@ def _single_image(model: torch.nn.Module, x, caller: str = "latent_explorer") ->
     try:
         x = torch.as_tensor(x)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(f"{caller}: expected one image {list(expected)} as a tensor, got {type(x).__name__} ({err})") from None
+        raise TypeError(
+            f"{caller}: expected one image {list(expected)} as a tensor, got {type(x).__name__} ({err})"
+        ) from None
     if tuple(x.shape) == expected:
         x = x.unsqueeze(0)
     if tuple(x.shape) != (1, *expected):
