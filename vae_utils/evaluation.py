@@ -160,7 +160,7 @@ def estimate_log_likelihood(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1 or None, got {chunk_size!r}.")
     if n * k > MAX_DECODES and not allow_long:
-        raise ValueError(_too_long_message(model, data_or_x, n, k, chunk_size, binarize_seed, dtype))
+        raise ValueError(_too_long_message(model, data_or_x, n, k, batch_size, chunk_size, binarize_seed, dtype))
 
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
@@ -189,19 +189,19 @@ def _bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="img")
 
 
-def _too_long_message(model, data, n: int, k: int, chunk_size: int, binarize_seed, dtype) -> str:
-    """Time one chunk on one image and extrapolate to N x K decoder evaluations."""
+def _too_long_message(model, data, n: int, k: int, batch_size: int, chunk_size: int, binarize_seed, dtype) -> str:
+    """Time one batch with a few samples and extrapolate to N x K decoder evaluations."""
     device = next(model.parameters()).device
-    first = data[:1] if isinstance(data, Tensor) else data.subset(1)
-    x = next(image_batches(first, 1, device, binarize_seed)).to(dtype)
-    samples = min(k, max(chunk_size, 100))
+    first = data[:batch_size] if isinstance(data, Tensor) else data.subset(min(batch_size, n))
+    x = next(image_batches(first, batch_size, device, binarize_seed)).to(dtype)
+    samples = min(k, max(chunk_size, 20))
     start = time.perf_counter()
     mu, logvar = model.encode(x)
     importance_weighted_bound(model.log_joint, x, mu, logvar, samples, chunk_size=chunk_size).tolist()
-    seconds = (time.perf_counter() - start) / samples * n * k
+    seconds = (time.perf_counter() - start) / (samples * x.shape[0]) * n * k
     return (
         f"estimate_log_likelihood: {n:,} images x K={k:,} samples = {n * k:.3g} decoder evaluations, "
-        f"about {_duration(seconds)} on {device} (measured on one image). The usual report is "
+        f"about {_duration(seconds)} on {device} (timed on {x.shape[0]} image(s)). The usual report is "
         f"K=5000 on 10,000 images (5e+07). Use a smaller k or fewer images, or pass allow_long=True to run it."
     )
 
