@@ -223,3 +223,11 @@ def test_training_steps_on_cuda_never_wait_for_the_device():
             vae_elbo(model, batches[0] * 1.0)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_mixed_float_dtypes_are_fine_under_autocast():
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = MODEL(rand(2, 1, 28, 28))  # the encoder's bfloat16 codes go into the float32 decoder
+        assert out.z.dtype == torch.bfloat16 and MODEL.decode(out.z).shape == (2, 1, 28, 28)
+    with pytest.raises(TypeError, match=r"bfloat16 latents but the model is float32.*x\.float\(\)"):
+        MODEL.decode(out.z)  # outside autocast the same call is a mistake

@@ -207,7 +207,7 @@ def _dtype_problem(x: Tensor, dtype: torch.dtype, caller: str, what: str = "imag
             f"{caller} expected floating-point images in [0, 1], got dtype {x.dtype}; convert with {fix} "
             "(or use ImageDataset.float_images())"
         )
-    if x.dtype == dtype:
+    if x.dtype == dtype or _autocast(x):  # under torch.autocast mixed float dtypes are expected
         return None
     if dtype == torch.float32:
         return f"{caller} got {x.dtype} {what} but the model is float32: convert them with x.float()"
@@ -216,6 +216,13 @@ def _dtype_problem(x: Tensor, dtype: torch.dtype, caller: str, what: str = "imag
         f"on it?): convert the model back with model.float() (vae_utils models are float32), or the {what} "
         f"with x.to({dtype})"
     )
+
+
+def _autocast(x: Tensor) -> bool:
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled()
 
 
 def _value_problem(x: Tensor, caller: str) -> str | None:
@@ -366,8 +373,9 @@ class VAE(nn.Module):
         if z.shape[-1:] != (d,):
             raise ValueError(f"decode expected latents of shape [..., {d}], got {list(z.shape)}")
         reference = next(self.parameters())
-        if z.dtype != reference.dtype:
-            raise TypeError(_dtype_problem(z, reference.dtype, "VAE.decode", "latents"))
+        problem = _dtype_problem(z, reference.dtype, "VAE.decode", "latents")
+        if problem:
+            raise TypeError(problem)
         if z.device != reference.device:
             raise ValueError(
                 f"VAE.decode got latents on {z.device} but the model is on {reference.device}: "
