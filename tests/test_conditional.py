@@ -19,6 +19,7 @@ from vae_utils.conditional import (
     labelled_batches,
     load_conditional,
     load_or_train_conditional,
+    log_class_posterior,
     save_conditional,
     style_explorer,
     style_transfer,
@@ -88,7 +89,7 @@ def test_elbo_equals_hand_computation():
     terms = conditional_elbo(model, x, y, generator=torch.Generator().manual_seed(3))
 
     onehot = torch.zeros(3, K)
-    onehot[torch.arange(3), y] = 1.0
+    onehot[torch.arange(3), y] = model.config.label_scale
     h = model.encoder.net.trunk(torch.cat([x.reshape(3, -1), onehot], 1))
     mu, logvar = model.encoder.net.mu_head(h), model.encoder.net.logvar_head(h)
     eps = torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(3))[0]
@@ -264,6 +265,8 @@ def test_bad_inputs():
         model.sample(2, K)
     with pytest.raises(ValueError, match="positive int"):
         model.sample(0, 1)
+    with pytest.raises(ValueError, match="label_scale"):
+        ConditionalVAEConfig(label_scale=0)
     with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
         ConditionalVAEConfig(num_classes=1)
     with pytest.raises(TypeError, match="ConditionalVAEConfig"):
@@ -275,3 +278,25 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="k"):
         estimate_conditional_log_likelihood(model, (x, y), k=0)
     assert math.isfinite(evaluate_conditional_elbo(model, (x, y))["elbo"])
+
+
+def test_log_class_posterior_is_bayes_rule():
+    model = small()
+    data = toy_data(6).binarized(0)
+    x = data.float_images()
+    log_post = log_class_posterior(model, x, k=20, progress=False)
+    assert log_post.shape == (6, K)
+    torch.testing.assert_close(log_post.exp().sum(1), torch.ones(6))
+    columns = [estimate_conditional_log_likelihood(model, (x, torch.full((6,), c)), k=20, progress=False) for c in range(K)]
+    by_hand = torch.stack(columns, 1)
+    torch.testing.assert_close(log_post, by_hand - by_hand.logsumexp(1, keepdim=True))
+
+
+def test_trained_model_classifies_by_bayes_rule():
+    torch.manual_seed(0)
+    data = toy_data(64)
+    result = fit_conditional(small(), data, config=vu.TrainConfig(epochs=30, batch_size=16, lr=1e-2, device="cpu"),
+                             progress=False)
+    test = toy_data(32, seed=9).binarized(0)
+    predicted = log_class_posterior(result.model, test.float_images(), k=20, progress=False).argmax(1)
+    assert (predicted == test.labels).float().mean() > 0.9  # the classes differ in which rows are bright
