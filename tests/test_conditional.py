@@ -300,3 +300,19 @@ def test_trained_model_classifies_by_bayes_rule():
     test = toy_data(32, seed=9).binarized(0)
     predicted = log_class_posterior(result.model, test.float_images(), k=20, progress=False).argmax(1)
     assert (predicted == test.labels).float().mean() > 0.9  # the classes differ in which rows are bright
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is False)")
+def test_on_cuda():
+    model, data = small().cuda(), toy_data(32).to("cuda")
+    optimizer = torch.optim.Adam(model.parameters())
+    batches = labelled_batches(data, 8, generator=torch.Generator().manual_seed(0), binarize=True)  # a CPU generator
+    sums = vu.train_epoch(model, batches, optimizer, conditional_objective())
+    assert sums["n"].device.type == "cuda" and sums["n"].item() == 32
+    assert model.sample(4, [0, 1, 2, 3]).device.type == "cuda"
+    x, y = data.float_images()[:3], data.labels[:3]
+    assert style_transfer(model, x, y).shape == (3, K, 1, 8, 8)
+    assert estimate_conditional_log_likelihood(model, data, k=5, progress=False).device.type == "cpu"
+    assert log_class_posterior(model, x, k=5, progress=False).shape == (3, K)
+    class_explorer(model).buttons.value = 1
