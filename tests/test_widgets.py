@@ -1,5 +1,6 @@
 """Widgets: sliders spell out the decoded code; endpoints of the interpolation decode the endpoint codes."""
 
+import ipywidgets as widgets
 import pytest
 import torch
 
@@ -134,3 +135,42 @@ def test_set_values_refuses_a_code_of_the_wrong_size_or_nan(model):
     with pytest.raises(ValueError, match="finite"):
         explorer.set_values(torch.full((5,), float("nan")))
     assert explorer.values().tolist() == [0.0] * 5  # nothing moved
+
+
+def _live_line_figure():
+    import matplotlib.figure
+
+    fig = matplotlib.figure.Figure(figsize=(3, 2))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey")  # static
+    (line,) = ax.plot([0, 1], [0, 0], color="red")  # moves
+    ax.set_ylim(-1, 1)
+    return fig, line
+
+
+def test_live_figure_redraws_only_the_moving_artist_and_the_picture_changes():
+    from vae_utils.widgets import LiveFigure, connect_controls
+
+    fig, line = _live_line_figure()
+    live = LiveFigure(fig, [line])
+    slider = widgets.FloatSlider(value=0.0, min=-1, max=1, step=0.1)
+    panel = connect_controls(live, lambda height: line.set_ydata([height, height]), height=slider)
+    first = live.image.value
+    assert first.startswith(b"\x89PNG") and "theory-slider" in slider._dom_classes
+    slider.value = 0.5
+    assert live.image.value != first
+    slider.value = 0.0
+    assert live.image.value == first  # same state, same pixels: the background was kept, not redrawn over
+    assert isinstance(panel, widgets.HBox) and live.image in panel.children
+
+
+def test_live_figure_and_connect_controls_refuse_what_they_cannot_use():
+    from vae_utils.widgets import LiveFigure, connect_controls
+
+    fig, line = _live_line_figure()
+    with pytest.raises(ValueError, match="artists that move"):
+        LiveFigure(fig, [])
+    with pytest.raises(TypeError, match="needs a LiveFigure"):
+        connect_controls(fig, lambda: None, z=widgets.FloatSlider())
+    with pytest.raises(ValueError, match="at least one control"):
+        connect_controls(LiveFigure(fig, [line]), lambda: None)

@@ -9,7 +9,12 @@ default MLP on a CPU). Stable CSS classes let a browser test find the parts:
 
 - ``vae-latent-explorer`` (the whole explorer), ``vae-latent-sliders`` (the box of sliders),
   ``vae-latent-slider`` (every latent slider), ``vae-decoded-image`` (the decoded image);
-- ``vae-interpolation-explorer``, ``vae-interpolation-slider`` (t) and ``vae-decoded-image``.
+- ``vae-interpolation-explorer``, ``vae-interpolation-slider`` (t) and ``vae-decoded-image``;
+- ``theory-figure`` (a ``LiveFigure``'s image) and ``theory-slider`` (every control ``connect_controls`` wires).
+
+``LiveFigure`` and ``connect_controls`` serve the theory notebooks' sliders: a matplotlib figure whose static
+parts are drawn once and whose moving artists are redrawn (blitted) into a small PNG on every change, so a
+slider step costs a few milliseconds of drawing instead of a whole new figure.
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ import numbers
 import ipywidgets as widgets
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image as PILImage
 
 from .model import check_images
 
 __all__ = [
+    "LiveFigure",
+    "connect_controls",
     "LatentExplorer",
     "InterpolationExplorer",
     "latent_explorer",
@@ -364,3 +372,58 @@ def interpolation_explorer(
 ) -> InterpolationExplorer:
     """Slide t from 0 to 1 between the codes of images x_a and x_b (see ``InterpolationExplorer``)."""
     return InterpolationExplorer(model, x_a, x_b, method=method, **kwargs)
+
+
+class LiveFigure:
+    """A matplotlib figure shown in an ``ipywidgets.Image`` that redraws only what moves.
+
+    fig: a ``matplotlib.figure.Figure`` (not shown by pyplot: ``.image`` shows it); moving: the artists that
+    change (lines, collections, texts), updated by the caller before each ``redraw()``. The static parts
+    are drawn once; ``redraw()`` pastes that background, draws the moving artists on top (blitting) and
+    sends the browser a PNG, so a redraw costs milliseconds where a new figure costs hundreds.
+    """
+
+    def __init__(self, fig, moving):
+        if not moving:
+            raise ValueError("LiveFigure needs the artists that move (e.g. the Line2D objects a slider changes).")
+        self.fig, self.moving, self.canvas = fig, list(moving), FigureCanvasAgg(fig)
+        for artist in self.moving:
+            artist.set_animated(True)  # left out of the background
+        self.canvas.draw()
+        self.background = self.canvas.copy_from_bbox(fig.bbox)
+        self.image = widgets.Image(format="png")
+        self.image.add_class("theory-figure")
+
+    def redraw(self) -> bytes:
+        """Draw the moving artists over the background and show the result; returns the PNG bytes."""
+        self.canvas.restore_region(self.background)
+        for artist in self.moving:
+            self.fig.draw_artist(artist)
+        pixels = PILImage.frombuffer("RGBA", self.canvas.get_width_height(), self.canvas.buffer_rgba())
+        buffer = io.BytesIO()
+        pixels.save(buffer, format="png", compress_level=1)  # fast to encode; a few tens of kB
+        self.image.value = buffer.getvalue()
+        return self.image.value
+
+
+def connect_controls(live: LiveFigure, move, **controls: widgets.ValueWidget) -> widgets.HBox:
+    """Wire controls to a ``LiveFigure``: on every change, ``move(**values)`` then ``live.redraw()``.
+
+    move: a function taking one keyword per control (its ``.value``) that updates ``live.moving``.
+    controls: e.g. ``mu=FloatSlider(...), sigma=FloatSlider(...)``. Draws once now. Returns the widget
+    to display: the controls in a column beside the figure.
+    """
+    if not isinstance(live, LiveFigure):
+        raise TypeError(f"connect_controls needs a LiveFigure, got {type(live).__name__}.")
+    if not controls:
+        raise ValueError("connect_controls needs at least one control, e.g. z=widgets.FloatSlider(...).")
+
+    def on_change(change=None):
+        move(**{name: control.value for name, control in controls.items()})
+        live.redraw()
+
+    for control in controls.values():
+        control.add_class("theory-slider")
+        control.observe(on_change, names="value")
+    on_change()
+    return widgets.HBox([widgets.VBox(list(controls.values())), live.image])
