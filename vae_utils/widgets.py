@@ -402,8 +402,9 @@ class LiveFigure:
         pixels = PILImage.frombuffer("RGBA", self.canvas.get_width_height(), self.canvas.buffer_rgba())
         buffer = io.BytesIO()
         pixels.save(buffer, format="png", compress_level=1)  # fast to encode; a few tens of kB
-        self.image.value = buffer.getvalue()
-        return self.image.value
+        png = buffer.getvalue()
+        self.image.value = png
+        return png
 
 
 def connect_controls(live: LiveFigure, move, **controls: widgets.ValueWidget) -> widgets.HBox:
