@@ -61,13 +61,14 @@ def test_load_data_cuts_the_training_set(monkeypatch):
     assert loaded == [("fashion-mnist", "train", "cpu"), ("fashion-mnist", "test", "cpu")]
 
 
-def test_default_model_is_load_or_train_at_the_settings_checkpoint(monkeypatch):
+def test_default_model_is_load_or_train_at_the_settings_checkpoint(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(tutorial, "load_or_train", lambda *args, **kwargs: seen.append((args, kwargs)) or "result")
-    s = tutorial.settings(device="cpu")
-    assert tutorial.default_model(s, "train", "test", progress=False) == "result"
+    s = tutorial.settings(device="cpu", latent_dim=3, runs=tmp_path)  # not the shipped model's settings
+    train = vu.ImageDataset(torch.zeros(8, 1, 28, 28, dtype=torch.uint8), torch.zeros(8, dtype=torch.long), ["a"], "t")
+    assert tutorial.default_model(s, train, None, progress=False) == "result"
     (args, kwargs), = seen
-    assert args == (s.checkpoint, s.model_config(), s.train_config(), "train", "test")
+    assert args == (s.checkpoint, s.model_config(), s.train_config(), train, None)
     assert kwargs == {"progress": False, "callback": None}
 
 
