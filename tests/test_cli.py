@@ -242,3 +242,18 @@ def test_evaluate_says_what_it_will_do_and_shows_progress(tiny_data_dir, tmp_pat
     assert main(["evaluate", str(out), "--k", "20"]) == 130
     err = capsys.readouterr().err.strip()
     assert err == "interrupted: evaluate stopped before it finished."
+
+
+def test_cli_reports_an_os_error_while_saving_as_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from vae_utils import __main__ as cli
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device while writing checkpoint.pt (needed about 8 MB)")
+
+    monkeypatch.setattr(cli, "train", full_disk)
+    status = cli.main(["train", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "No space left on device" in err and "Traceback" not in err

@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: {args.command} stopped before it finished.", file=sys.stderr)
         return 130
-    except (CLIError, CheckpointError, DatasetNotFoundError, IdxFormatError, TrainingDivergedError) as err:
+    except (CLIError, CheckpointError, DatasetNotFoundError, IdxFormatError, TrainingDivergedError, OSError) as err:
+        # OSError: a full disk, a read-only or missing folder; save_checkpoint's messages name the fix.
         message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
         if isinstance(err, DatasetNotFoundError):
             message += " (On the command line: --data-dir DIR plays the part of root=, and downloading is allowed unless --no-download is given.)"
