@@ -96,7 +96,13 @@ def settings(**overrides: Any) -> Settings:
 def default_model(s: Settings, train: ImageDataset, test: ImageDataset | None = None,
                   progress: bool = True, callback=None) -> FitResult:
     """The series' model: loaded from ``s.checkpoint`` if it was trained with these settings on this
-    training set, trained there otherwise (``vu.load_or_train``)."""
+    training set, trained there otherwise (``vu.load_or_train``). Where no checkpoint exists yet and the
+    settings are exactly those of the model shipped with the package (the full setting, see
+    ``vu.pretrained``), the shipped weights are copied there first, so a fresh Binder or Colab session
+    does not train for minutes before notebook 05 or 06 can start."""
+    from .pretrained import install  # late: pretrained builds on this module
+
+    install(s, train)
     return load_or_train(s.checkpoint, s.model_config(), s.train_config(), train, test,
                          progress=progress, callback=callback)
 
