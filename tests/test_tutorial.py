@@ -130,3 +130,8 @@ def test_importing_the_package_does_not_import_torch():
     code = "import sys, vae_utils; print('torch' in sys.modules, len(vae_utils.__all__))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["False", "24"], result.stderr
+
+
+def test_check_states_a_small_tolerance_as_it_is(capsys):
+    assert vu.tutorial.check(1.0005, 1.0, rtol=0.001)
+    assert "within 0.1%" in capsys.readouterr().out

@@ -131,12 +131,12 @@ def check(answer: Any, reference: Any, rtol: float = 0.05, atol: float | None = 
     error, allowed = (got - want).abs(), (atol or 0.0) + rtol * want.abs()
     wrong = int((error > allowed).sum())
     if wrong == 0:
-        print(f"{name}: correct (within {rtol:.0%}{f' + {atol:g}' if atol else ''} of the reference).")
+        print(f"{name}: correct (within {rtol * 100:.2g}%{f' + {atol:g}' if atol else ''} of the reference).")
         return True
     relative = float((error / want.abs().clamp_min(1e-12)).max())
     how_far = f"off by up to {relative:.0%} of the reference's size" if relative < 1e4 else "far off"
     count = f" in {wrong} of {got.numel()} entries" if got.numel() > 1 else ""
-    print(f"{name}: not yet -- {how_far}{count} (tolerance {rtol:.0%}). Check signs, sums and means.")
+    print(f"{name}: not yet -- {how_far}{count} (tolerance {rtol * 100:.2g}%). Check signs, sums and means.")
     return False
 
 
