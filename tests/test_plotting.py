@@ -186,3 +186,12 @@ def test_show_images_still_clamps_decoder_means_that_stray_a_little():
 def test_latent_grid_refuses_bad_sizes_and_spans(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         latent_grid(**kwargs)
+
+
+def test_library_figures_use_no_font_below_9_points():
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[1] / "vae_utils" / "plotting.py").read_text()
+    small = [m.group(0) for m in re.finditer(r"(?:fontsize|labelsize|size)=(\d+(?:\.\d+)?)", source) if float(m.group(1)) < 9]
+    assert not small, f"fonts below 9 pt are unreadable at the notebook's width: {small}"

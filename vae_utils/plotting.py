@@ -158,7 +158,7 @@ def _draw_history(fig: Figure, history: Any) -> None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if train or test:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=9)
     fig.tight_layout()
 
 
@@ -263,7 +263,7 @@ def plot_latent_scatter(
         ax.scatter(points[:, 0], points[:, 1], s=point_size, alpha=alpha, color=cmap(c % cmap.N), label=name)
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
-    ax.legend(markerscale=4, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.legend(markerscale=4, fontsize=9, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.set_aspect("equal", adjustable="datalim")
     ax.figure.tight_layout()
     return ax.figure
@@ -359,9 +359,9 @@ def plot_latent_traversal(
     h, w = images.shape[-2:]
     pad = 2
     ax.imshow(image_grid(images, nrow=n, padding=pad), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_xticks(pad + np.arange(n) * (w + pad) + w / 2, [f"{v:.1f}" for v in values.tolist()], fontsize=7)
+    ax.set_xticks(pad + np.arange(n) * (w + pad) + w / 2, [f"{v:.1f}" for v in values.tolist()], fontsize=9)
     row_labels = labels if labels is not None else [f"$z_{{{i + 1}}}$" for i in dims]
-    ax.set_yticks(pad + np.arange(len(dims)) * (h + pad) + h / 2, row_labels, fontsize=8)
+    ax.set_yticks(pad + np.arange(len(dims)) * (h + pad) + h / 2, row_labels, fontsize=9)
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
@@ -392,10 +392,10 @@ def plot_kl_per_dim(
         ax.bar(x[: values.numel()] + (i - (len(series) - 1) / 2) * width, values.numpy(), width, label=label or None)
     if threshold is not None:
         ax.axhline(threshold, color="k", lw=0.8, ls=":", label=f"active if > {threshold:g} nats")
-    ax.set_xticks(x, [str(i + 1) for i in range(d)], fontsize=7)
+    ax.set_xticks(x, [str(i + 1) for i in range(d)], fontsize=9)
     ax.set_xlabel("latent dimension")
     ax.set_ylabel("mean KL (nats)")
     if len(series) > 1 or threshold is not None:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=9)
     ax.figure.tight_layout()
     return ax.figure

@@ -220,7 +220,8 @@ class LatentExplorer(widgets.VBox):
         self.decoded_z = self.values()
         self.image = _picture(self._decoder.png(self.decoded_z), scale, model.config.image_shape, "vae-decoded-image")
         self.updates = 1
-        reset = widgets.Button(description="reset" if x is None else "reset to the input's code", icon="undo")
+        reset = widgets.Button(description="reset" if x is None else "reset to the input's code", icon="undo",
+                               layout=widgets.Layout(width="auto"))  # the whole label, not "reset to the in…"
         reset.on_click(lambda _: self.set_values(self.start))
         pictures = [_captioned(self.image, "decoded p(x|z)")]
         if x is not None:
