@@ -135,3 +135,12 @@ def test_importing_the_package_does_not_import_torch():
 def test_check_states_a_small_tolerance_as_it_is(capsys):
     assert vu.tutorial.check(1.0005, 1.0, rtol=0.001)
     assert "within 0.1%" in capsys.readouterr().out
+
+
+def test_check_shows_nothing_as_a_cell_result_in_a_notebook():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    result = shell.run_cell("import vae_utils as vu\nvu.tutorial.check(1.0, 1.0)")
+    assert result.success and bool(result.result)
+    assert shell.display_formatter.format(result.result)[0] == {}  # no Out[..]: True

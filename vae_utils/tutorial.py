@@ -23,7 +23,7 @@ from .model import VAEConfig
 from .runs import load_or_train
 from .training import FitResult, TrainConfig
 
-__all__ = ["Settings", "settings", "is_quick", "default_model", "check"]
+__all__ = ["Settings", "settings", "is_quick", "default_model", "check", "Verdict"]
 
 QUICK_ENV = "VAE_TUTORIAL_QUICK"
 
@@ -107,37 +107,54 @@ def default_model(s: Settings, train: ImageDataset, test: ImageDataset | None = 
                          progress=progress, callback=callback)
 
 
-def check(answer: Any, reference: Any, rtol: float = 0.05, atol: float | None = None, name: str = "answer") -> bool:
+class Verdict:
+    """What ``check`` returns: true on a pass. A notebook shows nothing for it (the printed line says it
+    all), so a cell that ends with ``vu.tutorial.check(...)`` does not add an ``Out: True``."""
+
+    def __init__(self, passed: bool):
+        self.passed = bool(passed)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:
+        return f"Verdict(passed={self.passed})"
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def check(answer: Any, reference: Any, rtol: float = 0.05, atol: float | None = None, name: str = "answer") -> Verdict:
     """Compare an exercise answer with a reference computed by the library; print one line.
 
     Passes when every element has |answer - reference| <= atol + rtol * |reference| (atol None: 0),
     with matching shapes. The failure line says how far off the answer is, relative to the
     reference's size, and never prints the reference. ``answer=None`` means "not attempted yet".
-    Returns True on a pass.
+    Returns a ``Verdict``, true on a pass.
     """
     if answer is None:
         print(f"{name}: not attempted yet -- replace None with your code and run the cell again.")
-        return False
+        return Verdict(False)
     got, want = _as_float64(answer), _as_float64(reference)
     if got is None:
         print(f"{name}: not checked -- the answer is a {type(answer).__name__}, not a number or tensor.")
-        return False
+        return Verdict(False)
     if got.shape != want.shape:
         print(f"{name}: not yet -- the answer has shape {tuple(got.shape)}, expected {tuple(want.shape)}.")
-        return False
+        return Verdict(False)
     if not torch.isfinite(got).all():
         print(f"{name}: not yet -- the answer holds NaN or inf.")
-        return False
+        return Verdict(False)
     error, allowed = (got - want).abs(), (atol or 0.0) + rtol * want.abs()
     wrong = int((error > allowed).sum())
     if wrong == 0:
         print(f"{name}: correct (within {rtol * 100:.2g}%{f' + {atol:g}' if atol else ''} of the reference).")
-        return True
+        return Verdict(True)
     relative = float((error / want.abs().clamp_min(1e-12)).max())
     how_far = f"off by up to {relative:.0%} of the reference's size" if relative < 1e4 else "far off"
     count = f" in {wrong} of {got.numel()} entries" if got.numel() > 1 else ""
     print(f"{name}: not yet -- {how_far}{count} (tolerance {rtol * 100:.2g}%). Check signs, sums and means.")
-    return False
+    return Verdict(False)
 
 
 def _as_float64(value: Any) -> torch.Tensor | None:
