@@ -127,8 +127,8 @@ def show_images(
 
 _CURVES = (
     ("elbo", "ELBO (nats, higher is better)"),
-    ("reconstruction", "reconstruction  E_q[log p(x|z)]"),
-    ("kl", "KL(q(z|x) || p(z))"),
+    ("reconstruction", r"reconstruction  $\mathrm{E}_{q_\phi}[\log p_\theta(x\mid z)]$"),
+    ("kl", r"$\mathrm{KL}(q_\phi(z\mid x)\,\|\,p(z))$"),
 )
 
 
