@@ -266,22 +266,9 @@ def exercise_latent_explorer(page, lab: JupyterLab, relative_path: str, screensh
     """Open, run, drag, check. Returns timings in seconds."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-    timings = {}
     start = time.monotonic()
     try:
-        open_notebook(page, lab, relative_path)
-        timings["open_and_kernel_ready"] = time.monotonic() - start
-
-        started = time.monotonic()
-        result = run_all_cells(page, RUN_ALL_S)
-        timings["run_all_cells"] = time.monotonic() - started
-        assert result["outcome"] != "timeout", f"running all cells of {relative_path} took over {RUN_ALL_S} s"
-        assert not result["errors"], f"cells of {relative_path} raised: {result['errors']}\n{lab.log_tail()}"
-        assert result["outcome"] == "true" and result["unexecuted"] == 0, (
-            f"Run All Cells of {relative_path} did not finish: outcome {result['outcome']}, "
-            f"{result['unexecuted']} code cells not executed"
-        )
-
+        timings = run_notebook_in_lab(page, lab, relative_path)
         output = page.locator(".jp-OutputArea-output").filter(has=page.locator(SLIDER)).first
         output.wait_for(state="attached", timeout=WIDGET_S * 1000)
         output.scroll_into_view_if_needed(timeout=10_000)
