@@ -161,6 +161,15 @@ def run_notebook_in_lab(page, lab: JupyterLab, relative_path: str) -> dict:
     return timings
 
 
+def save_failure_screenshot(page, screenshot_name: str) -> None:
+    """Evidence for a failed check: test-artifacts/<name>_failure.png, if the page can still be captured."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        page.screenshot(path=str(ARTIFACTS / screenshot_name.replace(".png", "_failure.png")))
+    except Exception:
+        pass
+
+
 # Resolves with the milliseconds from now until the figure's src changes (or -1 after timeoutMs).
 WATCH_FIGURE = """(img, timeoutMs) => {
     const before = img.src, start = performance.now();
@@ -226,11 +235,7 @@ def exercise_theory_sliders(page, lab: JupyterLab, relative_path: str, screensho
         )
         return timings
     except BaseException:
-        ARTIFACTS.mkdir(exist_ok=True)
-        try:
-            page.screenshot(path=str(ARTIFACTS / screenshot_name.replace(".png", "_failure.png")))
-        except Exception:
-            pass
+        save_failure_screenshot(page, screenshot_name)
         raise
 
 
@@ -312,11 +317,7 @@ def exercise_latent_explorer(page, lab: JupyterLab, relative_path: str, screensh
         timings.update(total=time.monotonic() - start, sliders=n_sliders)
         return timings
     except BaseException:
-        ARTIFACTS.mkdir(exist_ok=True)
-        try:
-            page.screenshot(path=str(ARTIFACTS / screenshot_name.replace(".png", "_failure.png")))
-        except Exception:
-            pass
+        save_failure_screenshot(page, screenshot_name)
         raise
 
 
