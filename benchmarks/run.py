@@ -51,7 +51,7 @@ TRAINING_LAYERS = [("fc1", IMAGE_PIXELS, HIDDEN), ("fc21+fc22", HIDDEN, 2 * LATE
                    ("fc3", LATENT, HIDDEN), ("fc4", HIDDEN, IMAGE_PIXELS)]
 ENCODER_LAYERS = TRAINING_LAYERS[:2]
 DECODER_LAYERS = TRAINING_LAYERS[2:]
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -332,9 +332,18 @@ def torchvision_fashion_mnist(tmp: Path, train: bool):
                  "t10k-labels-idx1-ubyte"):  # torchvision checks that all four exist
         target = raw / name
         if not target.exists():
-            with gzip.open(FASHION_MNIST_DIR / f"{name}.gz", "rb") as src, open(target, "wb") as dst:
+            with gzip.open(fashion_mnist_dir() / f"{name}.gz", "rb") as src, open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst)
     return datasets.FashionMNIST(str(tmp), train=train, download=False, transform=transforms.ToTensor())
+
+
+def fashion_mnist_dir() -> Path:
+    """The folder of the idx .gz files: $VAE_DATA_DIR (or its fashion-mnist/ folder), else Debian's."""
+    env = os.environ.get("VAE_DATA_DIR")
+    for folder in ([Path(env) / "fashion-mnist", Path(env)] if env else []) + [DEBIAN_FASHION_MNIST]:
+        if (folder / "train-images-idx3-ubyte.gz").is_file():
+            return folder
+    sys.exit("benchmark: no Fashion-MNIST .gz files; apt-get install dataset-fashion-mnist or set VAE_DATA_DIR")
 
 
 def example_loader(dataset, device: torch.device, shuffle: bool = True):
@@ -396,10 +405,10 @@ def reference_config():
 
 
 def run_vae_utils(train_data, device, epochs: int, warmup_batches: int, seed: int, binarize: bool,
-                  progress: bool) -> dict:
+                  progress: bool, cuda_graph: bool = True) -> dict:
     def train_config(n_epochs):
         return vae_utils.TrainConfig(epochs=n_epochs, batch_size=BATCH_SIZE, lr=LR, seed=seed,
-                                     binarize=binarize, device=str(device))
+                                     binarize=binarize, device=str(device), cuda_graph=cuda_graph)
 
     # Warm-up: one short fit of a throwaway model (first-call costs: allocator, kernels, thread pool).
     torch.manual_seed(seed + 1)
@@ -417,7 +426,7 @@ def run_vae_utils(train_data, device, epochs: int, warmup_batches: int, seed: in
     history = result.history
     # fit's own per-epoch wall times; with the CPU clock, the fit call's CPU time per epoch instead.
     epoch_seconds = [float(s) for s in history.seconds] if clock is time.perf_counter else [wall / epochs]
-    return {"model": result.model, "binarize": binarize, "epoch_seconds": epoch_seconds,
+    return {"model": result.model, "binarize": binarize, "cuda_graph": cuda_graph, "epoch_seconds": epoch_seconds,
             "seconds_per_epoch": min(epoch_seconds),
             "fit_wall_seconds": wall, "train_elbo": [float(v) for v in history.train_elbo],
             "load_average": load_average()}
@@ -656,26 +665,31 @@ def main(argv=None) -> dict:
                                             x_test_binary)
             report["usual_loop"] = usual | {"test_elbo": elbo_means(elbos["usual"])}
 
-        library_runs = [("vae_utils", False), ("default", True)]
-        for key, binarize in library_runs:
+        # (skip key, report key, binarize, cuda_graph); on CUDA the default also runs without its graph.
+        library_runs = [("vae_utils", "vae_utils_binarize_False", False, True),
+                        ("default", "vae_utils_binarize_True", True, True)]
+        if device.type == "cuda":
+            library_runs.append(("default", "vae_utils_default_eager", True, False))
+        for key, report_key, binarize, cuda_graph in library_runs:
             if key in args.skip:
                 continue
-            print(f"vae_utils.fit (binarize={binarize}): {args.epochs} epoch(s) ...", flush=True)
+            print(f"vae_utils.fit (binarize={binarize}, cuda_graph={cuda_graph}): {args.epochs} epoch(s) ...",
+                  flush=True)
             run = run_vae_utils(train_data, device, args.epochs, args.warmup_batches, args.seed, binarize,
-                                args.progress)
+                                args.progress, cuda_graph)
             m = run.pop("model").eval()
-            elbos[key] = elbo_both_ways(m.encode, m.decode, x_test, x_test_binary)
-            run["test_elbo"] = elbo_means(elbos[key])
+            elbos[report_key] = elbo_both_ways(m.encode, m.decode, x_test, x_test_binary)
+            run["test_elbo"] = elbo_means(elbos[report_key])
             if "usual" in elbos:  # paired over the same images and noise: vae_utils minus the usual loop
-                run["test_elbo_minus_usual"] = {rep: paired_difference(elbos[key][rep], elbos["usual"][rep])
-                                                for rep in elbos[key]}
+                run["test_elbo_minus_usual"] = {rep: paired_difference(elbos[report_key][rep], elbos["usual"][rep])
+                                                for rep in elbos[report_key]}
             # The library's own evaluator, for reference (its own binarization convention).
             test_set = vae_utils.load_dataset("fashion-mnist", split="test", device=device)
             if args.test_limit:
                 test_set = test_set.subset(args.test_limit)
             run["vae_utils_evaluate_elbo"] = {k: float(v) for k, v in vae_utils.evaluate_elbo(m, test_set).items()
                                               if isinstance(v, (int, float)) or torch.is_tensor(v)}
-            report[f"vae_utils_binarize_{binarize}"] = run
+            report[report_key] = run
             eval_model = m
 
         if "eval" not in args.skip:
@@ -706,7 +720,7 @@ def summarize(report: dict) -> dict:
     floor = report["training_floor"]["seconds_per_epoch"]
     s: dict = {"floor_seconds_per_epoch": floor}
     usual = report.get("usual_loop", {}).get("seconds_per_epoch")
-    for key in ("usual_loop", "vae_utils_binarize_False", "vae_utils_binarize_True"):
+    for key in ("usual_loop", "vae_utils_binarize_False", "vae_utils_binarize_True", "vae_utils_default_eager"):
         if key in report:
             sec = report[key]["seconds_per_epoch"]
             s[key] = {"seconds_per_epoch": sec, "vs_floor": sec / floor,
@@ -734,7 +748,8 @@ def print_table(report: dict) -> None:
     header = f"{'':34s}{'s/epoch':>9s}{'usual/x':>9s}{'x/floor':>9s}{'ELBO cont':>11s}{'ELBO bin':>10s}"
     print(header)
     names = {"usual_loop": "usual loop (torchvision+DataLoader)", "vae_utils_binarize_False": "vae_utils.fit binarize=False",
-             "vae_utils_binarize_True": "vae_utils.fit default (binarize)"}
+             "vae_utils_binarize_True": "vae_utils.fit default (binarize)",
+             "vae_utils_default_eager": "  the same, cuda_graph=False"}
     for key, label in names.items():
         if key in s:
             r = s[key]

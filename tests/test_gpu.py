@@ -5,9 +5,13 @@ import copy
 import pytest
 import torch
 
+from vae_utils import cuda_graphs
+from vae_utils.cuda_graphs import GraphedSteps
+from vae_utils.data import ImageDataset
 from vae_utils.device import pick_device, seed_everything
 from vae_utils.model import VAE, VAEConfig
 from vae_utils.objectives import importance_weighted_bound, negative_elbo_loss, vae_elbo
+from vae_utils.training import TrainConfig, TrainingDivergedError, fit
 
 pytestmark = [
     pytest.mark.gpu,
@@ -104,3 +108,105 @@ def test_iw_bound_runs_on_cuda_and_matches_cpu(exact_float32):
             generator=torch.Generator(device="cuda").manual_seed(3),
         )
     assert torch.isfinite(other).all()
+
+
+# ---------------------------------------------------------------------------- CUDA graphs in fit
+def stripes(n: int, seed: int = 0) -> ImageDataset:
+    """Four stripe patterns with gray-level noise: easy to learn, so training visibly helps."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (n,), generator=g)
+    rows = torch.arange(28).view(1, 28, 1)
+    gray = 0.1 + 0.8 * ((rows // 7) == labels.view(n, 1, 1)).float() + 0.1 * torch.rand(n, 28, 28, generator=g)
+    return ImageDataset((gray.clamp(0, 1) * 255).round().to(torch.uint8).unsqueeze(1), labels,
+                        ["top", "upper", "lower", "bottom"], "stripes")
+
+
+class CountingGraphedSteps(GraphedSteps):
+    made: list = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        CountingGraphedSteps.made.append(self)
+
+
+def test_graphed_steps_match_eager_steps_exactly():
+    """A deterministic step (SGD on least squares) replayed from a graph gives the eager weights."""
+    def run(graphed: bool):
+        w = torch.zeros(784, 1, device="cuda")
+        target = torch.linspace(0, 1, 784, device="cuda").view(784, 1)
+
+        def step(x):
+            flat = x.reshape(len(x), -1)
+            residual = flat @ w - flat @ target
+            w.sub_(1e-4 * flat.T @ residual)
+            return torch.stack((torch.ones_like(residual).sum(), residual.square().sum()))
+
+        batches = list(stripes(1000).to("cuda").batches(64, shuffle=False))  # 15 of 64 and one of 40
+        runner = GraphedSteps(step) if graphed else None
+        totals = [runner.epoch(batches) if graphed else sum(step(x) for x in batches) for _ in range(2)]
+        return w, totals, runner
+
+    w_eager, totals_eager, _ = run(False)
+    w_graph, totals_graph, runner = run(True)
+    assert runner.replays == 2 * 15 - 3  # three warm-up steps, then every full batch; the tail is eager
+    torch.testing.assert_close(w_graph, w_eager, rtol=1e-5, atol=1e-6)
+    for a, b in zip(totals_graph, totals_eager):
+        assert a[0] == 1000
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_fit_replays_from_a_cuda_graph_and_learns_like_the_eager_loop(monkeypatch):
+    monkeypatch.setattr(cuda_graphs, "GraphedSteps", CountingGraphedSteps)
+    CountingGraphedSteps.made.clear()
+    train, test = stripes(2000), stripes(500, seed=1)
+    histories = {}
+    for graphed in (True, False):
+        model = VAE(VAEConfig(latent_dim=4, hidden_dims=(64,), seed=0))
+        config = TrainConfig(epochs=3, batch_size=64, lr=3e-3, device="cuda", cuda_graph=graphed)
+        histories[graphed] = fit(model, train, test, config, progress=False).history
+    (runner,) = CountingGraphedSteps.made  # made for the graphed run only
+    assert runner.replays == 3 * (2000 // 64) - 3
+    graph, eager = histories[True], histories[False]
+    assert graph.train_elbo[-1] > graph.train_elbo[0] + 20  # it learns
+    for a, b in zip(graph.test_elbo, eager.test_elbo):  # and like the eager loop (other noise draws)
+        assert abs(a - b) < 0.03 * abs(b), (graph.test_elbo, eager.test_elbo)
+
+
+class NaNSwitch(VAE):
+    """A VAE whose encoder output is multiplied by a device tensor; set it to NaN to poison a step."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.register_buffer("scale", torch.ones(()))
+
+    def encode(self, x):
+        mu, logvar = super().encode(x)
+        return mu * self.scale, logvar
+
+
+def test_nan_inside_a_replayed_step_is_caught_with_its_epoch_and_step():
+    model = NaNSwitch(VAEConfig(latent_dim=4, hidden_dims=(32,), seed=0))
+    after_epoch_1 = {}
+
+    def poison_after_epoch_1(history):
+        if len(history) == 1:
+            after_epoch_1.update({k: v.clone() for k, v in model.state_dict().items()})
+            model.scale.fill_(float("nan"))  # in place: the graph reads this tensor at every replay
+
+    with pytest.raises(TrainingDivergedError) as info:
+        fit(model, stripes(640), None, TrainConfig(epochs=3, batch_size=64, device="cuda"),
+            callback=poison_after_epoch_1, progress=False)
+    assert (info.value.epoch, info.value.step) == (2, 1)
+    for key, value in model.state_dict().items():
+        if key != "scale":
+            assert torch.equal(value, after_epoch_1[key]), key
+
+
+def test_fit_uses_no_graph_with_warmup_or_a_plain_optimizer(monkeypatch):
+    monkeypatch.setattr(cuda_graphs, "GraphedSteps", CountingGraphedSteps)
+    CountingGraphedSteps.made.clear()
+    model = VAE(VAEConfig(latent_dim=4, hidden_dims=(32,)))
+    fit(model, stripes(320), None, TrainConfig(epochs=1, device="cuda", kl_warmup_epochs=1), progress=False)
+    fit(model, stripes(320), None, TrainConfig(epochs=1, device="cuda"),
+        optimizer=torch.optim.Adam(model.parameters()), progress=False)
+    assert CountingGraphedSteps.made == []

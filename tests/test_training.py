@@ -137,7 +137,9 @@ def test_nan_loss_raises_with_epoch_and_step_and_keeps_the_last_good_epoch():
             after_epoch_1.update({k: v.clone() for k, v in model.state_dict().items()})
 
     with pytest.raises(TrainingDivergedError) as info:
-        fit(model, pattern_dataset(64), pattern_dataset(16, 1), TrainConfig(epochs=3, batch_size=16),
+        # cuda_graph=False: the NaN comes from Python code that runs at every step, which a replayed
+        # CUDA graph skips (tests/test_gpu.py poisons a replayed step through a device tensor instead).
+        fit(model, pattern_dataset(64), pattern_dataset(16, 1), TrainConfig(epochs=3, batch_size=16, cuda_graph=False),
             callback=remember, progress=False)
     err = info.value
     assert (err.epoch, err.step) == (2, 3)
@@ -181,7 +183,8 @@ def test_keyboard_interrupt_mid_epoch_drops_the_partial_epoch():
             return super().encode(x)
 
     torch.manual_seed(0)
-    result = fit(InterruptAt(SMALL), pattern_dataset(64), None, TrainConfig(epochs=3, batch_size=16), progress=False)
+    config = TrainConfig(epochs=3, batch_size=16, cuda_graph=False)  # the interrupt is raised by Python code per step
+    result = fit(InterruptAt(SMALL), pattern_dataset(64), None, config, progress=False)
     assert result.interrupted and result.history.epoch == [1]
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
@@ -222,14 +225,18 @@ def _real_fashion_mnist(split):
         pytest.skip("Fashion-MNIST is not installed (sudo apt-get install dataset-fashion-mnist)")
 
 
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
 @pytest.mark.slow
-def test_short_training_on_real_fashion_mnist_lowers_the_test_loss():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)])
+def test_short_training_on_real_fashion_mnist_lowers_the_test_loss(device):
     train = _real_fashion_mnist("train").subset(2000)
     test = _real_fashion_mnist("test").subset(500)
     torch.manual_seed(0)
     model = VAE()  # the default 784-400-20 MLP
     before = evaluate_elbo(model, test)["elbo"]
-    result = fit(model, train, test, TrainConfig(epochs=2, device="cpu"), progress=False)
+    result = fit(model, train, test, TrainConfig(epochs=2, device=device), progress=False)
     after = evaluate_elbo(result.model, test)["elbo"]
     assert result.history.test_elbo[-1] == pytest.approx(after, abs=1e-3)  # fit evaluates the same way
     # An untrained decoder is near 784 * log 2 = 543 nats per image; two short epochs reach ~350.
@@ -368,8 +375,8 @@ def test_interrupt_in_an_epoch_that_went_non_finite_restores_the_snapshot_and_sa
         after_epoch_1.update({k: v.clone() for k, v in model.state_dict().items()})
 
     with pytest.warns(RuntimeWarning, match="interrupted.*NaN or inf.*step 2.*restored to the end of the previous epoch"):
-        result = fit(model, pattern_dataset(64), None, TrainConfig(epochs=3, batch_size=16), callback=remember,
-                     progress=False)
+        result = fit(model, pattern_dataset(64), None, TrainConfig(epochs=3, batch_size=16, cuda_graph=False),
+                     callback=remember, progress=False)  # Python code per step: no CUDA graph
     assert result.interrupted and result.history.epoch == [1]
     for key, value in model.state_dict().items():
         assert torch.equal(value, after_epoch_1[key]), key
@@ -388,7 +395,8 @@ def test_interrupt_in_a_healthy_epoch_gives_no_warning():
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = fit(InterruptAt(SMALL), pattern_dataset(64), None, TrainConfig(epochs=2, batch_size=16), progress=False)
+        config = TrainConfig(epochs=2, batch_size=16, cuda_graph=False)  # Python code per step: no CUDA graph
+        result = fit(InterruptAt(SMALL), pattern_dataset(64), None, config, progress=False)
     assert result.interrupted and result.history.epoch == []
 
 
@@ -421,7 +429,7 @@ def test_the_model_seed_makes_fit_repeatable_without_touching_the_global_rng():
     "field, value",
     [("epochs", True), ("epochs", 2.0), ("batch_size", True), ("batch_size", 2.5), ("batch_size", 0),
      ("kl_warmup_epochs", float("inf")), ("binarize", "no"), ("lr", "1e-3"), ("lr", None), ("lr", float("nan")),
-     ("k", True), ("k", 0), ("seed", 1.5), ("beta", float("inf")), ("eval_batch_size", False)],
+     ("k", True), ("k", 0), ("seed", 1.5), ("beta", float("inf")), ("eval_batch_size", False), ("cuda_graph", "no")],
 )
 def test_train_config_refuses_booleans_strings_and_non_finite_values(field, value):
     overrides = {field: value}

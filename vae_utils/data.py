@@ -375,13 +375,15 @@ class ImageDataset:
     def binarized(self, seed: int = 0) -> ImageDataset:
         """A fixed stochastic binarization: each pixel is 255 with probability ``gray/255``, else 0.
 
-        The same seed gives the same images on the same device, so a test set binarized this way is a
-        fixed evaluation set (as in the IWAE paper's dynamically binarized MNIST).
+        The same seed gives the same images on every device (the draw is made on the CPU and moved),
+        so a test set binarized this way is one fixed evaluation set (as in the IWAE paper's
+        dynamically binarized MNIST), wherever a model is trained or evaluated.
         """
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"binarized(seed): seed must be an int, got {seed!r}")
-        generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        binary = torch.bernoulli(self.float_images(), generator=generator).to(torch.uint8).mul_(255)
+        generator = torch.Generator().manual_seed(int(seed))
+        gray = self.images.cpu().float().div_(255)
+        binary = torch.bernoulli(gray, generator=generator).to(torch.uint8).mul_(255).to(self.device)
         return ImageDataset(binary, self.labels, self.classes, f"{self.name} (binarized, seed {seed})")
 
 

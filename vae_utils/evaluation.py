@@ -94,8 +94,8 @@ def evaluate_elbo(
     binarize_seed: an ``ImageDataset`` is binarized with ``data.binarized(binarize_seed)`` first
         (the evaluation set for models trained with dynamic binarization); None uses the gray
         levels as they are. Tensors are used as given.
-    seed: seeds the one reparameterized sample per example (in a forked RNG, so evaluating does
-        not change the training run's random stream).
+    seed: seeds the one reparameterized sample per example, drawn by its own CPU generator, so the
+        result is the same on every device and evaluating leaves the training run's random stream alone.
 
     Returns ``{"elbo", "reconstruction", "kl", "n"}`` (floats; ``n`` the number of examples).
     One host sync, at the end.
@@ -105,13 +105,11 @@ def evaluate_elbo(
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, device=device)
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    generator = torch.Generator().manual_seed(seed)  # [B, d] noise per batch: cheap to draw on the CPU
     try:
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(seed)
-            for x in image_batches(data, batch_size, device, binarize_seed):
-                terms = vae_elbo(model, x)
-                sums += torch.stack((terms.elbo.sum(), terms.reconstruction.sum(), terms.kl.sum()))
+        for x in image_batches(data, batch_size, device, binarize_seed):
+            terms = vae_elbo(model, x, generator=generator)
+            sums += torch.stack((terms.elbo.sum(), terms.reconstruction.sum(), terms.kl.sum()))
     finally:
         model.train(was_training)
     elbo, reconstruction, kl = (sums / n).tolist()

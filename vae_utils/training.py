@@ -54,6 +54,9 @@ class TrainConfig:
         ``VAEConfig.seed``). binarize: dynamic binarization of the training images (each pixel
         redrawn as Bernoulli(gray) every time; the test set is binarized once with a fixed seed).
     device: None picks cuda, mps, then cpu. eval_batch_size: batch size for the test-set ELBO.
+    cuda_graph: on a CUDA device, replay each full-size step from a CUDA graph (``vae_utils.cuda_graphs``:
+        one launch per step instead of dozens); ignored on other devices, with a KL warm-up (beta then
+        changes every step) and with an optimizer you pass to ``fit`` unless it was built with capturable=True.
     """
 
     epochs: int = 10
@@ -67,6 +70,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     objective: str = "elbo"
     k: int = 1
+    cuda_graph: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.device, torch.device):
@@ -79,9 +83,10 @@ class TrainConfig:
         self.lr = _check_number("lr", self.lr, "> 0", "lr=1e-3")
         self.beta = _check_number("beta", self.beta, ">= 0", "beta=1.0")
         self.kl_warmup_epochs = _check_number("kl_warmup_epochs", self.kl_warmup_epochs, ">= 0", "kl_warmup_epochs=2")
-        if not isinstance(self.binarize, bool):
-            raise ValueError(f"TrainConfig.binarize must be True or False, got {self.binarize!r}; "
-                             "write binarize=False (without quotes) to train on gray levels.")
+        for flag in ("binarize", "cuda_graph"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"TrainConfig.{flag} must be True or False, got {getattr(self, flag)!r}; "
+                                 f"write {flag}=False (without quotes).")
         if self.device is not None and not isinstance(self.device, str):
             raise ValueError(f"TrainConfig.device must be a str such as 'cpu' or 'cuda', or None, got {self.device!r}.")
         if self.objective not in OBJECTIVES:
@@ -99,7 +104,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Inverse of to_dict; fields added since (objective, k) take their defaults."""
+        """Inverse of to_dict; fields added since (objective, k, cuda_graph) take their defaults."""
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -274,7 +279,7 @@ def fit(
         for epoch in range(1, config.epochs + 1):
             start = time.perf_counter()
             run.start_epoch()
-            sums = train_epoch(model, run.batches(), run.optimizer, run.objective)
+            sums = run.train_epoch()
             train = run.end_epoch(sums, epoch, history)  # the epoch's one host sync
             history.append(epoch=epoch, **train, **run.evaluate(), beta=run.objective.beta,
                            seconds=time.perf_counter() - start)
@@ -293,13 +298,15 @@ def fit(
                      interrupted)
 
 
-def default_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
+def default_optimizer(model: nn.Module, lr: float, capturable: bool = False) -> torch.optim.Adam:
     """Adam with the fused kernel where torch has one for the device (one kernel per step instead of
-    ~10 small ops per parameter: a 3x faster optimizer step on a CPU); plain Adam otherwise."""
+    ~10 small ops per parameter: a 3x faster optimizer step on a CPU); plain Adam otherwise.
+    capturable: keep Adam's step count on the device, so a CUDA graph can record the step (CUDA only)."""
     device_type = next(model.parameters()).device.type
     if device_type in ("cpu", "cuda"):
         try:
-            return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+            extra = {"capturable": True} if capturable and device_type == "cuda" else {}
+            return torch.optim.Adam(model.parameters(), lr=lr, fused=True, **extra)
         except (RuntimeError, TypeError, ValueError):  # older torch, or an unsupported dtype
             pass
     return torch.optim.Adam(model.parameters(), lr=lr)
@@ -338,21 +345,22 @@ def _check_fit_inputs(model, train_data, test_data, config, optimizer) -> None:
 
 class _FitObjective:
     """What fit maximizes, step by step: the config's objective with the warm-up beta of the current
-    step, plus a device-side note of the epoch's first step whose objective is not finite."""
+    step, plus a device-side note of the epoch's first step whose objective is not finite. The step
+    count and that note are device tensors changed in place, so a CUDA graph of the step keeps them."""
 
     def __init__(self, config: TrainConfig, steps_per_epoch: int, device: torch.device):
         self.config, self.device = config, device
         self.iw = iw_objective(config.k) if config.objective == "iw" else None
         self.warmup_steps = config.kl_warmup_epochs * steps_per_epoch
         self.beta, self.global_step = config.beta, 0
-        self.new_epoch()
+        self.step = torch.zeros((), dtype=torch.long, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
 
     def new_epoch(self) -> None:
-        self.step = 0
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.step.zero_()
+        self.first_bad.fill_(-1)
 
     def __call__(self, model: nn.Module, x: Tensor) -> ELBO:
-        self.step += 1
         self.global_step += 1
         if self.iw is not None:
             terms = self.iw(model, x)
@@ -360,9 +368,10 @@ class _FitObjective:
             if self.warmup_steps > 0:
                 self.beta = self.config.beta * min(1.0, self.global_step / self.warmup_steps)
             terms = vae_elbo(model, x, beta=self.beta)
-        with torch.no_grad():  # device-side: no host sync
+        with torch.no_grad():  # device-side, in place: no host sync
+            self.step.add_(1)
             bad = (self.first_bad < 0) & ~torch.isfinite(terms.elbo.sum())
-            self.first_bad = torch.where(bad, self.first_bad.new_full((), self.step), self.first_bad)
+            self.first_bad.copy_(torch.where(bad, self.step, self.first_bad))
         return terms
 
 
@@ -376,7 +385,9 @@ class _Run:
         self.generator = torch.Generator(device=device).manual_seed(config.seed)  # batch order, binarization
         model.to(device)
         self.train_data = train_data.to(device)
-        self.optimizer = default_optimizer(model, config.lr) if optimizer is None else optimizer
+        self.graphed = _graphed_steps(model, config, optimizer, device, self._step)
+        self.optimizer = (default_optimizer(model, config.lr, capturable=self.graphed is not None)
+                          if optimizer is None else optimizer)
         self.eval_set = None
         if test_data is not None:
             test_data = test_data.to(device)
@@ -390,6 +401,17 @@ class _Run:
         """A cheap snapshot (parameters and Adam moments) to return to if this epoch diverges."""
         self.snapshot = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
         self.objective.new_epoch()
+
+    def train_epoch(self) -> dict[str, Tensor]:
+        """One epoch: ``train_epoch`` itself, or its steps replayed from a CUDA graph."""
+        if self.graphed is None:
+            return train_epoch(self.model, self.batches(), self.optimizer, self.objective)
+        self.model.train()
+        return dict(zip(SUM_KEYS, self.graphed.epoch(self.batches()).unbind()))
+
+    def _step(self, x: Tensor) -> Tensor:
+        """One step of ``train_epoch`` on x, its sums stacked: [len(SUM_KEYS)]."""
+        return torch.stack(list(train_epoch(self.model, [x], self.optimizer, self.objective).values()))
 
     def batches(self) -> Iterator[Tensor]:
         config = self.config
@@ -438,6 +460,16 @@ class _Run:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _graphed_steps(model, config, optimizer, device, step):
+    """A ``GraphedSteps`` for fit's step where a CUDA graph can replay it, else None."""
+    own_optimizer_ok = optimizer is None or optimizer.defaults.get("capturable", False)
+    if not (config.cuda_graph and device.type == "cuda" and own_optimizer_ok and config.kl_warmup_epochs == 0):
+        return None
+    from .cuda_graphs import GraphedSteps
+
+    return GraphedSteps(step)
 
 
 def _progress_bar(total_batches: int, progress: bool):
