@@ -27,9 +27,30 @@ def test_linear_log_joint_matches_torch_distributions(generator):
     x, _ = model.sample(4, generator)
     z = torch.randn(5, 4, 2, generator=generator, dtype=F64)
     prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
-    likelihood = torch.distributions.Normal(model.decoder_mean(z), model.noise_std).log_prob(x).sum(-1)
+    likelihood = torch.distributions.Normal(model.decode(z), model.noise_std).log_prob(x).sum(-1)
     assert model.log_joint(x, z).shape == (5, 4)
     torch.testing.assert_close(model.log_joint(x, z), prior + likelihood)
+
+
+@pytest.mark.parametrize("make_model", [random_linear_model, lambda g: NonlinearGaussianModel(2, 0.7)],
+                         ids=["linear", "nonlinear"])
+def test_log_likelihood_takes_the_decoder_output_like_the_vae(generator, make_model):
+    # one convention with vae_utils.VAE: log_likelihood(x, decode(z)), log_joint(x, z) = that + log p(z)
+    model = make_model(generator)
+    x, _ = model.sample(4, generator)
+    z = torch.randn(5, 4, model.latent_dim, generator=generator, dtype=F64)
+    decoded = model.decode(z)
+    assert decoded.shape == (5, 4, model.data_dim)
+    # log N(x; f(z), s^2 I) by hand
+    s2 = model.noise_std**2
+    by_hand = (-0.5 * (x - decoded) ** 2 / s2 - 0.5 * math.log(2 * math.pi * s2)).sum(-1)
+    assert model.log_likelihood(x, decoded).shape == (5, 4)
+    torch.testing.assert_close(model.log_likelihood(x, decoded), by_hand)
+    prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(model.log_joint(x, z), by_hand + prior)
+    # one decoded sample per point broadcasts over the batch, like z did
+    one = decoded[:, :1]  # [5, 1, D]
+    torch.testing.assert_close(model.log_likelihood(x, one), model.log_likelihood(x, one.expand(-1, 4, -1)))
 
 
 def test_linear_bayes_rule_holds_at_every_z(generator):
@@ -45,7 +66,7 @@ def test_linear_marginal_matches_monte_carlo_over_the_prior(generator):
     model = LinearGaussianModel(torch.tensor([[1.0], [-0.5]], dtype=F64), noise_std=0.8)
     x, _ = model.sample(3, generator)
     z = torch.randn(200_000, 1, 1, generator=generator, dtype=F64).expand(-1, 3, -1)
-    estimate = torch.logsumexp(model.log_likelihood(x, z), 0) - math.log(z.shape[0])
+    estimate = torch.logsumexp(model.log_likelihood(x, model.decode(z)), 0) - math.log(z.shape[0])
     torch.testing.assert_close(estimate, model.log_marginal(x), atol=1e-2, rtol=0)
 
 
@@ -77,7 +98,7 @@ def test_linear_exact_elbo_matches_monte_carlo(generator):
 @pytest.mark.parametrize("latent_dim", [1, 2])
 def test_quadrature_matches_linear_closed_form(generator, latent_dim):
     linear = random_linear_model(generator, data_dim=3, latent_dim=latent_dim)
-    quadrature = NonlinearGaussianModel(latent_dim, linear.noise_std, decoder=linear.decoder_mean)
+    quadrature = NonlinearGaussianModel(latent_dim, linear.noise_std, decoder=linear.decode)
     x, _ = linear.sample(4, generator)
     torch.testing.assert_close(quadrature.log_marginal(x), linear.log_marginal(x), atol=1e-8, rtol=0)
     mean, var = quadrature.posterior_moments(x)
@@ -113,7 +134,7 @@ def test_parabola_posterior_peaks_inside_the_closest_points():
     model = NonlinearGaussianModel(1, 0.5)
     x = torch.tensor([[0.0, 1.0]], dtype=F64)
     z = model.grid.points[:, 0]
-    distance = (model.decoder_mean(model.grid.points) - x).pow(2).sum(-1)
+    distance = (model.decode(model.grid.points) - x).pow(2).sum(-1)
     closest = z[distance.argmin()].abs().item()
     assert abs(closest - math.sqrt(1.5)) < model.grid.step
     density = model.posterior_on_grid(x)[:, 0]
@@ -147,7 +168,7 @@ def test_nonlinear_marginal_matches_monte_carlo_over_the_prior(generator):
     model = NonlinearGaussianModel(2, 0.7)
     x, _ = model.sample(2, generator)
     z = torch.randn(400_000, 1, 2, generator=generator, dtype=F64).expand(-1, 2, -1)
-    estimate = torch.logsumexp(model.log_likelihood(x, z), 0) - math.log(z.shape[0])
+    estimate = torch.logsumexp(model.log_likelihood(x, model.decode(z)), 0) - math.log(z.shape[0])
     torch.testing.assert_close(estimate, model.log_marginal(x), atol=2e-2, rtol=0)
 
 
@@ -167,3 +188,15 @@ def test_bad_shapes_raise_clear_errors():
         model.log_joint(torch.zeros(3, 2), torch.zeros(3, 2))
     with pytest.raises(ValueError, match="latent_dim 1 or 2"):
         NonlinearGaussianModel(3)
+
+
+def test_passing_z_where_the_decoder_output_is_expected_says_so():
+    model = NonlinearGaussianModel(1, 0.5)  # d = 1, D = 2
+    x, z = model.sample(3, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"looks like a code z.*pass model\.decode\(z\)"):
+        model.log_likelihood(x, z.unsqueeze(0))
+    with pytest.raises(ValueError, match=r"decoded must have shape \[S, B, 2\].*got \(3, 2\)"):
+        model.log_likelihood(x, model.decode(z))  # no S dimension
+    with pytest.raises(ValueError, match=r"with B = 3"):
+        model.log_likelihood(x, model.decode(torch.zeros(4, 2, 1, dtype=F64)))
+    assert model.log_likelihood(x, model.decode(z.unsqueeze(0))).shape == (1, 3)  # the fix the message names

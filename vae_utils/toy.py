@@ -1,9 +1,12 @@
 """Toy latent-variable models whose log p(x) and posterior p(z|x) are known exactly.
 
 Both models share the prior p(z) = N(0, I_d) and a Gaussian decoder p(x|z) = N(x; f(z), s^2 I_D), and the
-interface of the contract (the same as `vae_utils.VAE`):
+interface of the contract (the same as `vae_utils.VAE`: log_likelihood takes the decoder's OUTPUT, not z):
 
-    log_joint(x: [B, D], z: [S, B, d]) -> [S, B]      log p(x|z) + log p(z), summed over dimensions
+    decode(z: [..., d]) -> [..., D]                   f(z), the mean of p(x|z)
+    log_likelihood(x: [B, D], decoded: [S, B, D]) -> [S, B]
+                                                      log p(x|z) for decoded = decode(z), summed over D
+    log_joint(x: [B, D], z: [S, B, d]) -> [S, B]      log_likelihood(x, decode(z)) + log p(z)
     log_marginal(x: [B, D]) -> [B]                    log p(x), exact
     log_posterior(x: [B, D], z: [S, B, d]) -> [S, B]  log p(z|x), exact
     posterior_moments(x: [B, D]) -> (mean [B, d], var [B, d])
@@ -61,6 +64,22 @@ def _check_z(z: Tensor, batch: int, latent_dim: int) -> Tensor:
     return z.to(DTYPE)
 
 
+def _check_decoded(decoded: Tensor, batch: int, data_dim: int, latent_dim: int) -> Tensor:
+    if decoded.dim() != 3 or decoded.shape[-1] != data_dim or decoded.shape[1] not in (1, batch):
+        if decoded.shape[-1:] == (latent_dim,) and latent_dim != data_dim:
+            hint = (f"; its last dimension is {latent_dim}, the latent size, so this looks like a code z: "
+                    f"log_likelihood takes the decoder's output, pass model.decode(z) instead "
+                    f"(or call log_joint(x, z) for log p(x, z))")
+        else:
+            hint = (f"; build it as model.decode(z) from codes z: [S, B, {latent_dim}] "
+                    f"(for one sample per point, add the S dimension with .unsqueeze(0))")
+        raise ValueError(
+            f"decoded must have shape [S, B, {data_dim}] with B = {batch} (the decoder's output f(z) for S codes "
+            f"per data point), got {tuple(decoded.shape)}{hint}"
+        )
+    return decoded.to(DTYPE)
+
+
 def gaussian_kl_between(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
     """KL(N(mu_q, diag exp(logvar_q)) || N(mu_p, diag exp(logvar_p))) in closed form, summed over the last dim. >= 0.
 
@@ -76,33 +95,40 @@ def gaussian_kl_between(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: 
 
 
 class _GaussianNoiseModel:
-    """What both toy models share: p(z) = N(0, I_d), p(x|z) = N(x; f(z), s^2 I_D), with f = `decoder_mean`.
+    """What both toy models share: p(z) = N(0, I_d), p(x|z) = N(x; f(z), s^2 I_D), with f = `decode`.
 
-    Subclasses set `data_dim`, `latent_dim`, `noise_std` and define `decoder_mean(z: [..., d]) -> [..., D]`.
+    Subclasses set `data_dim`, `latent_dim`, `noise_std` and define `decode(z: [..., d]) -> [..., D]`.
+    As for `vae_utils.VAE`, `log_likelihood` takes the decoder's output and `log_joint` takes the code z.
     """
 
     data_dim: int
     latent_dim: int
     noise_std: float
 
-    def decoder_mean(self, z: Tensor) -> Tensor:
+    def decode(self, z: Tensor) -> Tensor:
+        """f(z), the mean of p(x|z). z: [..., d] -> [..., D]."""
         raise NotImplementedError
 
-    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x|z). x: [B, D], z: [S, B, d] -> [S, B]."""
+    def log_likelihood(self, x: Tensor, decoded: Tensor) -> Tensor:
+        """log p(x|z) = log N(x; f(z), s^2 I) from the decoder's output decoded = decode(z).
+
+        x: [B, D], decoded: [S, B, D] -> [S, B]. Takes f(z), not z, like `vae_utils.VAE.log_likelihood`.
+        """
         x = _check_x(x, self.data_dim)
-        z = _check_z(z, x.shape[0], self.latent_dim)
-        return _log_normal_isotropic(x, self.decoder_mean(z), self.noise_std)
+        decoded = _check_decoded(decoded, x.shape[0], self.data_dim, self.latent_dim)
+        return _log_normal_isotropic(x, decoded, self.noise_std)
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x, z) = log p(x|z) + log p(z). x: [B, D], z: [S, B, d] -> [S, B]."""
-        return self.log_likelihood(x, z) + log_standard_normal(z.to(DTYPE))
+        x = _check_x(x, self.data_dim)
+        z = _check_z(z, x.shape[0], self.latent_dim)
+        return self.log_likelihood(x, self.decode(z)) + log_standard_normal(z)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Ancestral sampling: z ~ p(z), x ~ p(x|z). Returns (x [n, D], z [n, d])."""
         z = torch.randn(n, self.latent_dim, generator=generator, dtype=DTYPE)
         noise = torch.randn(n, self.data_dim, generator=generator, dtype=DTYPE)
-        return self.decoder_mean(z) + self.noise_std * noise, z
+        return self.decode(z) + self.noise_std * noise, z
 
 
 class LinearGaussianModel(_GaussianNoiseModel):
@@ -131,8 +157,8 @@ class LinearGaussianModel(_GaussianNoiseModel):
         """x = z + noise, D = d: every latent dimension is observed, so the posterior narrows in every one."""
         return cls(torch.eye(latent_dim, dtype=DTYPE), noise_std=noise_std)
 
-    def decoder_mean(self, z: Tensor) -> Tensor:
-        """f(z) = W z + b. z: [..., d] -> [..., D]."""
+    def decode(self, z: Tensor) -> Tensor:
+        """f(z) = W z + b, the mean of p(x|z). z: [..., d] -> [..., D]."""
         return z.to(DTYPE) @ self.weight.T + self.bias
 
     def marginal_covariance(self) -> Tensor:
@@ -174,7 +200,7 @@ class LinearGaussianModel(_GaussianNoiseModel):
         x = _check_x(x, self.data_dim)
         mu, logvar = mu.to(DTYPE), logvar.to(DTYPE)
         var = logvar.exp()
-        expected_loglik = _log_normal_isotropic(x, self.decoder_mean(mu), self.noise_std) - (
+        expected_loglik = _log_normal_isotropic(x, self.decode(mu), self.noise_std) - (
             var @ (self.weight**2).sum(0)
         ) / (2 * self.noise_std**2)
         expected_logprior = log_standard_normal(mu) - 0.5 * var.sum(-1)
@@ -243,8 +269,8 @@ class NonlinearGaussianModel(_GaussianNoiseModel):
             raise ValueError(f"grid is {self.grid.latent_dim}-D but latent_dim is {latent_dim}")
         self.data_dim = decoder(torch.zeros(1, latent_dim, dtype=DTYPE)).shape[-1]
 
-    def decoder_mean(self, z: Tensor) -> Tensor:
-        """f(z). z: [..., d] -> [..., D]."""
+    def decode(self, z: Tensor) -> Tensor:
+        """f(z), the mean of p(x|z). z: [..., d] -> [..., D]."""
         return self.decoder(z.to(DTYPE))
 
     def log_joint_on_grid(self, x: Tensor) -> Tensor:
