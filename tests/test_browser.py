@@ -51,7 +51,7 @@ REDRAW_S = 30 * LOAD
 
 THEORY_SLIDER = ".theory-slider"
 THEORY_FIGURE = "img.theory-figure, .theory-figure img"
-SLIDER_STEPS = 20  # key presses per theory slider; each waits for the figure to change
+SLIDER_STEPS = 40  # key presses per theory slider; each waits for the figure to change
 SLIDER_HANDLE = ".noUi-handle, .ui-slider-handle"  # ipywidgets 8 (noUiSlider), ipywidgets 7 (jQuery UI)
 
 
@@ -170,11 +170,13 @@ def save_failure_screenshot(page, screenshot_name: str) -> None:
         pass
 
 
-# Resolves with the milliseconds from now until the figure's src changes (or -1 after timeoutMs).
+# Resolves with the milliseconds from now until the figure's src changes (or -1 after timeoutMs, or -2 when
+# window.__vaeStopWatching() is called).
 WATCH_FIGURE = """(img, timeoutMs) => {
     const before = img.src, start = performance.now();
     window.__vaeFigureChanged = new Promise((resolve) => {
         const done = (value) => { observer.disconnect(); resolve(value); };
+        window.__vaeStopWatching = () => done(-2);  // nothing will change: stop at once, not after timeoutMs
         const observer = new MutationObserver(() => {
             if (img.src !== before) img.decode().catch(() => {}).then(() => done(performance.now() - start));
         });
@@ -199,7 +201,7 @@ def step_theory_slider(page, slider, figure, steps: int) -> list[float]:
         handle.press(key)
         if readout.inner_text() == value:  # at the end of the range: nothing to redraw
             key = "ArrowLeft" if key == "ArrowRight" else "ArrowRight"
-            page.evaluate("window.__vaeFigureChanged")
+            page.evaluate("window.__vaeStopWatching()")
             continue
         latencies.append(page.evaluate("window.__vaeFigureChanged"))
     assert len(latencies) == steps, f"the slider's value changed only {len(latencies)} times in {3 * steps} key presses"

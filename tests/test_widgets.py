@@ -1,5 +1,6 @@
 """Widgets: sliders spell out the decoded code; endpoints of the interpolation decode the endpoint codes."""
 
+import numpy as np
 import ipywidgets as widgets
 import pytest
 import torch
@@ -156,12 +157,31 @@ def test_live_figure_redraws_only_the_moving_artist_and_the_picture_changes():
     slider = widgets.FloatSlider(value=0.0, min=-1, max=1, step=0.1)
     panel = connect_controls(live, lambda height: line.set_ydata([height, height]), height=slider)
     first = bytes(live.image.value)
-    assert first.startswith(b"\x89PNG") and "theory-slider" in slider._dom_classes
+    assert live.format == live.image.format == "webp" and first[:4] == b"RIFF" and first[8:12] == b"WEBP"
+    assert "theory-slider" in slider._dom_classes
     slider.value = 0.5
     assert bytes(live.image.value) != first
     slider.value = 0.0
     assert bytes(live.image.value) == first  # same state, same pixels: the background was kept, not redrawn over
     assert isinstance(panel, widgets.HBox) and live.image in panel.children
+
+
+@pytest.mark.parametrize("webp", [True, False])
+def test_live_figure_sends_the_canvas_pixels_losslessly(monkeypatch, webp):
+    import io
+
+    from PIL import Image
+
+    from vae_utils import widgets as vu_widgets
+
+    monkeypatch.setattr(vu_widgets.PILFeatures, "check", lambda feature: webp)  # False: a Pillow without WebP
+    fig, line = _live_line_figure()
+    live = vu_widgets.LiveFigure(fig, [line])
+    line.set_ydata([0.3, -0.2])
+    encoded = live.redraw()
+    assert live.image.format == ("webp" if webp else "png")
+    shown = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGBA"))
+    assert np.array_equal(shown, np.asarray(live.canvas.buffer_rgba()))  # the same pixels, not an approximation
 
 
 def test_live_figure_and_connect_controls_refuse_what_they_cannot_use():
