@@ -3,8 +3,9 @@
 
 Relative links between notebooks work in JupyterLab and on the repository page, but not on Colab, which
 opens each notebook on its own. So the first cell gets, next to the Binder badge, a Colab badge for this
-notebook, and under the usual "← previous | Contents | next →" line a second line with the same links in
-Colab's GitHub-path form. The repository and branch are read from the Binder badge, so both agree.
+notebook; every navigation line ("← previous | Contents | next →", at the top and the bottom) gets a second
+line with the same links in Colab's GitHub-path form; and every other link to a notebook in the text gets a
+small "Colab" link beside it. The repository and branch are read from the Binder badge, so all agree.
 Idempotent: rerunning replaces what it wrote before.
 
     python .ci/colab_links.py notebooks/*.ipynb          # rewrite in place
@@ -26,6 +27,8 @@ BINDER = re.compile(r"https://mybinder\.org/v2/gh/(?P<repo>[^/\s]+/[^/\s]+)/(?P<
 COLAB_BADGE = re.compile(r"[ \t]*\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
 COLAB_NAV = re.compile(r"\n?<sub>On Colab:.*?</sub>", re.S)
 RELATIVE_LINK = re.compile(r"\[(?P<text>[^\]]+)\]\((?P<target>[\w.-]+\.ipynb)\)")
+TEXT_LINK = re.compile(r"\[(?P<text>[^\]]+)\]\((?P<target>[\w.-]+\.ipynb)(?P<anchor>#[^)\s]*)?\)")
+TEXT_MARK = re.compile(r"<sup>\[Colab\]\([^)]*\)</sup>")
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 
@@ -50,6 +53,37 @@ def with_colab_links(source: str, notebook: str) -> str:
     return "\n".join(lines)
 
 
+def with_text_links(source: str, repo: str, branch: str) -> str:
+    """A markdown cell with a Colab line under each navigation line and a Colab link beside every other
+    link to a notebook (Colab opens a notebook at its top: the section anchor is left out there)."""
+    lines = COLAB_NAV.sub("", TEXT_MARK.sub("", source)).split("\n")
+    out = []
+    for line in lines:
+        if len(RELATIVE_LINK.findall(line)) >= 2 and line.lstrip().startswith("["):  # a navigation line
+            links = [f"[{m['text']}]({colab_url(repo, branch, m['target'])})" for m in RELATIVE_LINK.finditer(line)]
+            out += [line, "<sub>On Colab: " + " | ".join(links) + "</sub>"]
+        else:
+            out.append(TEXT_LINK.sub(lambda m: f"{m[0]}<sup>[Colab]({colab_url(repo, branch, m['target'])})</sup>", line))
+    return "\n".join(out)
+
+
+def with_all_colab_links(nb, notebook: str) -> list[str]:
+    """The new sources of all markdown cells: the first cell's badge, then every cell's links."""
+    binder = BINDER.search(nb.cells[0].source)
+    if binder is None:
+        raise ValueError(f"{notebook}: no Binder badge in the first cell to take the repository from")
+    sources = []
+    for index, cell in enumerate(nb.cells):
+        source = cell.source
+        if cell.cell_type == "markdown":
+            if index == 0:
+                source = with_colab_links(source, notebook)
+                source = COLAB_NAV.sub("", source)  # with_text_links writes the navigation line below
+            source = with_text_links(source, binder["repo"], binder["branch"])
+        sources.append(source)
+    return sources
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
@@ -58,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     stale = []
     for path in args.notebooks:
         nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
-        first = nb.cells[0]
-        updated = with_colab_links(first.source, path.name)
-        if updated != first.source:
+        updated = with_all_colab_links(nb, path.name)
+        if updated != [cell.source for cell in nb.cells]:
             stale.append(path)
             if not args.check:
-                first.source = updated
+                for cell, source in zip(nb.cells, updated):
+                    cell.source = source
                 nbformat.write(nb, path)
                 print(f"wrote Colab links into {path}")
     if args.check and stale:

@@ -581,5 +581,5 @@ def test_colab_badges_and_navigation_are_up_to_date():
     )
     assert result.returncode == 0, (
         f"{result.stderr.strip()}; run `python .ci/colab_links.py notebooks/*.ipynb` (relative links do not "
-        "work on Colab, so each notebook also links its neighbours in Colab's GitHub-path form)"
+        "work on Colab, so every link to a notebook also has a Colab GitHub-path form)"
     )
