@@ -126,7 +126,13 @@ def synchronize(device: torch.device) -> None:
 # 3. The floor: FLOPs of the model's matrix products over their measured rate
 
 
-def training_gemms(batch: int) -> list[dict]:
+def mlp_layers(hidden: int = HIDDEN, latent: int = LATENT) -> list[tuple[str, int, int]]:
+    """(name, in, out) of every Linear of a 784-hidden-latent MLP VAE, in forward order."""
+    return [("fc1", IMAGE_PIXELS, hidden), ("fc21+fc22", hidden, 2 * latent),
+            ("fc3", latent, hidden), ("fc4", hidden, IMAGE_PIXELS)]
+
+
+def training_gemms(batch: int, layers=TRAINING_LAYERS) -> list[dict]:
     """The matrix products of one training step (forward and backward) of the reference MLP.
 
     For a Linear with input x: [B, in], weight W: [out, in], autograd computes
@@ -136,7 +142,7 @@ def training_gemms(batch: int) -> list[dict]:
     each 2*B*in*out FLOPs. So one step costs 3 * forward FLOPs minus fc1's input gradient.
     """
     gemms = []
-    for name, n_in, n_out in TRAINING_LAYERS:
+    for name, n_in, n_out in layers:
         gemms.append({"name": f"{name} forward", "m": batch, "k": n_in, "n": n_out, "layout": "x@W.T"})
         if name != "fc1":
             gemms.append({"name": f"{name} grad input", "m": batch, "k": n_out, "n": n_in, "layout": "g@W"})
@@ -201,11 +207,12 @@ def measure_gemms(gemms: list[dict], device: torch.device, min_seconds: float, r
             "gflops_per_s": total_flops / total_seconds / 1e9, "load_average": load_average()}
 
 
-def training_floor(n_train: int, device: torch.device, min_seconds: float, repeats: int) -> dict:
-    """Floor seconds/epoch = FLOPs(epoch) / rate(the step's own products at batch 128)."""
-    step = measure_gemms(training_gemms(BATCH_SIZE), device, min_seconds, repeats)
-    forward = forward_flops_per_example(TRAINING_LAYERS)
-    fc1_grad_input = 2 * IMAGE_PIXELS * HIDDEN
+def training_floor(n_train: int, device: torch.device, min_seconds: float, repeats: int,
+                   batch: int = BATCH_SIZE, layers=TRAINING_LAYERS) -> dict:
+    """Floor seconds/epoch = FLOPs(epoch) / rate(the step's own products at this batch size)."""
+    step = measure_gemms(training_gemms(batch, layers), device, min_seconds, repeats)
+    forward = forward_flops_per_example(layers)
+    fc1_grad_input = 2 * layers[0][1] * layers[0][2]
     flops_per_example = 3 * forward - fc1_grad_input
     epoch_flops = n_train * flops_per_example
     rate = step["gflops_per_s"] * 1e9

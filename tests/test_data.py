@@ -337,6 +337,13 @@ def test_dynamic_binarization_gives_bernoulli_pixels():
     assert not torch.equal(x, again)
 
 
+@pytest.mark.parametrize("gray", [0, 255])
+def test_dynamic_binarization_keeps_black_black_and_white_white(gray):
+    x = torch.cat(list(constant_gray_dataset(200, gray).batches(64, generator=torch.Generator().manual_seed(0),
+                                                                   binarize=True)))
+    assert x.dtype == torch.float32 and torch.equal(x, torch.full_like(x, gray / 255))
+
+
 def test_fixed_binarization():
     ds = constant_gray_dataset(300, 200)
     binary = ds.binarized(seed=7)
