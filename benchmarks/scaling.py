@@ -1,7 +1,7 @@
 """How the cost of training and evaluation grows with the model, the batch and K (issue 12).
 
-For each setting, `vae_utils.fit` trains one timed epoch (after a warm-up) on the first `--limit` training
-images, and the floor of `run.py` (the step's matrix-product FLOPs over their measured rate, same shapes,
+For each setting, `vae_utils.fit` trains a fresh model for one epoch on the first `--limit` training images
+(the fastest of three, after a warm-up), and the floor of `run.py` (the step's matrix-product FLOPs over their measured rate, same shapes,
 same run) is measured for that setting. Seconds are scaled to the full 60,000-image epoch; the ratio to the
 floor does not depend on that scaling. The sweeps change one thing at a time from the reference model
 (784-400-20, batch 128): the hidden width (400, 1000, 2000), the batch (128, 512) and the latent size
@@ -10,7 +10,7 @@ against its floor.
 
 Writes benchmarks/results/scaling-<time>.json and benchmarks/scaling.png, and prints a markdown table.
 
-    .venv/bin/python benchmarks/scaling.py                 # about 3 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/scaling.py                 # about 5 minutes on 2 CPU cores
     .venv/bin/python benchmarks/scaling.py --limit 3000 --test-limit 100 --ks 10 50   # smoke run
 """
 
@@ -41,8 +41,8 @@ SWEEPS = {"hidden width": ["reference", "hidden 1000", "hidden 2000"], "batch si
           "latent size": ["latent 2", "reference", "latent 100"]}
 
 
-def time_epoch(train_data, device, hidden: int, latent: int, batch: int, seed: int = 0) -> float:
-    """Seconds of one `fit` epoch of a fresh model, after a short warm-up fit of another."""
+def time_epoch(train_data, device, hidden: int, latent: int, batch: int, seed: int = 0, repeats: int = 3) -> float:
+    """The fastest of `repeats` one-epoch `fit`s of a fresh model, after a short warm-up fit of another."""
     def model():
         return vae_utils.VAE(vae_utils.VAEConfig(hidden_dims=(hidden,), latent_dim=latent, seed=seed))
 
@@ -51,7 +51,8 @@ def time_epoch(train_data, device, hidden: int, latent: int, batch: int, seed: i
 
     vae_utils.fit(model(), train_data.subset(min(len(train_data), 10 * batch)), config=config(), progress=False)
     synchronize(device)
-    return vae_utils.fit(model(), train_data, config=config(), progress=False).history.seconds[0]
+    return min(vae_utils.fit(model(), train_data, config=config(), progress=False).history.seconds[0]
+               for _ in range(repeats))
 
 
 def training_rows(train_data, device, gemm_seconds: float) -> dict:
