@@ -170,31 +170,45 @@ def save_failure_screenshot(page, screenshot_name: str) -> None:
         pass
 
 
-# Resolves with the milliseconds from now until the figure's src changes (or -1 after timeoutMs, or -2 when
-# window.__vaeStopWatching() is called).
+# Resolves with [ms from the key press, ms from now] until the redrawn figure is painted ([-1, -1] after
+# timeoutMs, [-2, -2] when window.__vaeStopWatching() is called). "From the key press" starts at the
+# keydown event's own time stamp, what a reader feels; "from now" also counts Playwright's round trip
+# that delivers the key.
 WATCH_FIGURE = """(img, timeoutMs) => {
     const before = img.src, start = performance.now();
+    let keyAt = null;
+    const onKey = (event) => { if (keyAt === null) keyAt = event.timeStamp; };
+    document.addEventListener('keydown', onKey, {capture: true});
     window.__vaeFigureChanged = new Promise((resolve) => {
-        const done = (value) => { observer.disconnect(); resolve(value); };
-        window.__vaeStopWatching = () => done(-2);  // nothing will change: stop at once, not after timeoutMs
+        const done = (value) => {
+            observer.disconnect();
+            document.removeEventListener('keydown', onKey, {capture: true});
+            resolve(value);
+        };
+        window.__vaeStopWatching = () => done([-2, -2]);  // nothing will change: stop at once, not after timeoutMs
         const observer = new MutationObserver(() => {
-            if (img.src !== before) img.decode().catch(() => {}).then(() => done(performance.now() - start));
+            // decoded, then the next frame: when the new figure is on the screen
+            if (img.src !== before) img.decode().catch(() => {}).then(() => requestAnimationFrame(() => {
+                const now = performance.now();
+                done([now - (keyAt === null ? start : keyAt), now - start]);
+            }));
         });
         observer.observe(img, {attributes: true, attributeFilter: ['src']});
-        setTimeout(() => done(-1), timeoutMs);
+        setTimeout(() => done([-1, -1]), timeoutMs);
     });
 }"""
 
 
-def step_theory_slider(page, slider, figure, steps: int) -> list[float]:
+def step_theory_slider(page, slider, figure, steps: int) -> list[list[float]]:
     """Press an arrow key on the slider until its value has changed `steps` times (turning round at the
-    ends of its range); milliseconds from each press until the redrawn figure shows, -1 for none."""
+    ends of its range); per press, [ms from the keydown event, ms from sending the key] until the redrawn
+    figure shows, [-1, -1] for none."""
     handle = slider.locator(SLIDER_HANDLE).first
     readout = slider.locator(".widget-readout").first
     handle.scroll_into_view_if_needed(timeout=10_000)
-    latencies, key = [], "ArrowRight"
+    pairs, key = [], "ArrowRight"
     for _ in range(3 * steps):
-        if len(latencies) == steps:
+        if len(pairs) == steps:
             break
         value = readout.inner_text()
         figure.evaluate(WATCH_FIGURE, REDRAW_S * 1000)
@@ -203,9 +217,9 @@ def step_theory_slider(page, slider, figure, steps: int) -> list[float]:
             key = "ArrowLeft" if key == "ArrowRight" else "ArrowRight"
             page.evaluate("window.__vaeStopWatching()")
             continue
-        latencies.append(page.evaluate("window.__vaeFigureChanged"))
-    assert len(latencies) == steps, f"the slider's value changed only {len(latencies)} times in {3 * steps} key presses"
-    return latencies
+        pairs.append(page.evaluate("window.__vaeFigureChanged"))
+    assert len(pairs) == steps, f"the slider's value changed only {len(pairs)} times in {3 * steps} key presses"
+    return pairs
 
 
 def exercise_theory_sliders(page, lab: JupyterLab, relative_path: str, screenshot_name: str) -> dict:
@@ -221,7 +235,8 @@ def exercise_theory_sliders(page, lab: JupyterLab, relative_path: str, screensho
         pixels_before = figure.screenshot()
         step_theory_slider(page, slider, figure, 1)
         assert figure.screenshot() != pixels_before, f"{relative_path}: the figure looks the same after moving the slider"
-        latencies = step_theory_slider(page, slider, figure, SLIDER_STEPS)
+        pairs = step_theory_slider(page, slider, figure, SLIDER_STEPS)
+        latencies, with_playwright = [p[0] for p in pairs], [p[1] for p in pairs]
         missed = sum(1 for ms in latencies if ms < 0)
         assert not missed, (
             f"{relative_path}: {missed} of {SLIDER_STEPS} slider steps did not change the figure within "
@@ -234,6 +249,7 @@ def exercise_theory_sliders(page, lab: JupyterLab, relative_path: str, screensho
         timings.update(
             slider_median_ms=statistics.median(latencies),
             slider_p95_ms=statistics.quantiles(latencies, n=20)[-1],
+            slider_median_with_playwright_ms=statistics.median(with_playwright),
         )
         return timings
     except BaseException:
