@@ -210,3 +210,22 @@ def test_fit_uses_no_graph_with_warmup_or_a_plain_optimizer(monkeypatch):
     fit(model, stripes(320), None, TrainConfig(epochs=1, device="cuda"),
         optimizer=torch.optim.Adam(model.parameters()), progress=False)
     assert CountingGraphedSteps.made == []
+
+
+def test_test_elbos_are_the_same_number_on_cpu_and_gpu(exact_float32):
+    """The evaluation set's binarization and the evaluation noise are drawn on the CPU, for every model kind."""
+    from vae_utils import conditional, evaluation, flows
+
+    data = stripes(300, seed=2)
+    config = VAEConfig(latent_dim=4, hidden_dims=(32,), seed=0)
+    evaluations = [
+        (VAE(config), evaluation.evaluate_elbo),
+        (flows.FlowVAE(config, flows.FlowConfig()), flows.evaluate_elbo),
+        (conditional.ConditionalVAE(conditional.ConditionalVAEConfig(latent_dim=4, hidden_dims=(32,), num_classes=4)),
+         conditional.evaluate_conditional_elbo),
+    ]
+    for model, evaluate in evaluations:
+        on_cpu = evaluate(model, data, seed=3)
+        on_gpu = evaluate(copy.deepcopy(model).to("cuda"), data, seed=3)
+        for key in ("elbo", "reconstruction", "kl"):
+            assert on_gpu[key] == pytest.approx(on_cpu[key], rel=1e-4, abs=1e-3), (evaluate.__qualname__, key)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from .checkpoint import Checkpoint, CheckpointError, data_key
 from .data import ImageDataset
 from .device import pick_device, seed_everything
-from .evaluation import EVAL_BINARIZE_SEED
+from .evaluation import EVAL_BINARIZE_SEED, mean_elbo_terms
 from .model import VAEConfig, VAEOutput, check_images
 from .networks import build_decoder, build_encoder
 from .objectives import (
@@ -431,25 +431,15 @@ def evaluate_conditional_elbo(
     binarize_seed: int | None = EVAL_BINARIZE_SEED,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Mean ELBO, reconstruction and KL per example (nats; one sample each, seeded) and n.
+    """Mean ELBO, reconstruction and KL per example (nats; one sample each, from a CPU generator seeded
+    with ``seed``, so the same on every device) and n.
 
     data: an ImageDataset (binarized first with ``binarize_seed``, like ``vu.evaluate_elbo``), or
     (x [N, C, H, W] in [0, 1], y [N]) used as given.
     """
-    device = model.device
-    n, pairs = _eval_pairs(data, batch_size, binarize_seed, device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, device=device)
-    try:
-        for x, y in pairs:
-            terms = conditional_elbo(model, x, y, generator=generator)
-            sums += torch.stack((terms.elbo.sum(), terms.reconstruction.sum(), terms.kl.sum()))
-    finally:
-        model.train(was_training)
-    elbo, reconstruction, kl = (sums / n).tolist()
-    return {"elbo": elbo, "reconstruction": reconstruction, "kl": kl, "n": n}
+    _, pairs = _eval_pairs(data, batch_size, binarize_seed, model.device)
+    return mean_elbo_terms(model, pairs, lambda xy, generator: conditional_elbo(model, *xy, generator=generator),
+                           seed, "evaluate_conditional_elbo")
 
 
 @torch.inference_mode()

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .data import ImageDataset
 from .model import mark_checked
-from .objectives import importance_weighted_bound, vae_elbo
+from .objectives import ELBO, importance_weighted_bound, vae_elbo
 
-__all__ = ["evaluate_elbo", "estimate_log_likelihood", "image_batches", "EVAL_BINARIZE_SEED"]
+__all__ = ["evaluate_elbo", "mean_elbo_terms", "estimate_log_likelihood", "image_batches", "EVAL_BINARIZE_SEED"]
 
 # Test sets are binarized with this seed, so test ELBOs of different runs (and of `python -m
 # vae_utils evaluate`) are computed on the same binary images.
@@ -100,18 +101,38 @@ def evaluate_elbo(
     Returns ``{"elbo", "reconstruction", "kl", "n"}`` (floats; ``n`` the number of examples).
     One host sync, at the end.
     """
-    n = _check_inputs("evaluate_elbo", model, data, batch_size)
+    _check_inputs("evaluate_elbo", model, data, batch_size)
+    batches = image_batches(data, batch_size, next(model.parameters()).device, binarize_seed)
+    return mean_elbo_terms(model, batches, lambda x, generator: vae_elbo(model, x, generator=generator),
+                           seed, "evaluate_elbo")
+
+
+@torch.no_grad()
+def mean_elbo_terms(model: nn.Module, batches: Iterable[Any], elbo_of_batch: Callable[[Any, torch.Generator], ELBO],
+                    seed: int = 0, caller: str = "mean_elbo_terms") -> dict[str, float]:
+    """Means over examples of an ELBO's fields, in nats: the loop behind ``evaluate_elbo`` and its twins
+    for flows and conditional VAEs.
+
+    batches: what ``elbo_of_batch(batch, generator)`` takes (images x, or (x, y) pairs); it returns an
+    ``ELBO`` with [B] fields. Its noise comes from a CPU generator seeded with ``seed`` (drawn there and
+    moved: the same numbers on every device, and the training run's random stream is left alone).
+    The model is evaluated in eval mode and its mode restored. One host sync, at the end.
+    Returns ``{"elbo", "reconstruction", "kl", "n"}``; ValueError when ``batches`` is empty.
+    """
     device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)  # [B, d] noise per batch: cheap to draw on the CPU
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, device=device)
-    generator = torch.Generator().manual_seed(seed)  # [B, d] noise per batch: cheap to draw on the CPU
+    sums, n = torch.zeros(3, device=device), 0
     try:
-        for x in image_batches(data, batch_size, device, binarize_seed):
-            terms = vae_elbo(model, x, generator=generator)
+        for batch in batches:
+            terms = elbo_of_batch(batch, generator)
             sums += torch.stack((terms.elbo.sum(), terms.reconstruction.sum(), terms.kl.sum()))
+            n += terms.elbo.shape[0]
     finally:
         model.train(was_training)
+    if n == 0:
+        raise ValueError(f"{caller}: the data set is empty.")
     elbo, reconstruction, kl = (sums / n).tolist()
     return {"elbo": elbo, "reconstruction": reconstruction, "kl": kl, "n": n}
 

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from .data import ImageDataset
 from .device import seed_everything
-from .evaluation import EVAL_BINARIZE_SEED, image_batches
+from .evaluation import EVAL_BINARIZE_SEED, image_batches, mean_elbo_terms
 from .model import VAE, VAEConfig
 from .objectives import ELBO, elbo_terms, log_normal_diag, log_standard_normal, reparameterize
 from .training import default_optimizer, train_epoch
@@ -339,27 +339,15 @@ def evaluate_elbo(
     n_samples: int = 1,
 ) -> dict[str, float]:
     """Means over examples of the FlowVAE's ELBO, reconstruction and Monte Carlo KL (nats), like
-    ``vu.evaluate_elbo``: an ImageDataset is binarized with ``binarize_seed`` first (None: as is).
+    ``vu.evaluate_elbo``: an ImageDataset is binarized with ``binarize_seed`` first (None: as is), and the
+    noise comes from a CPU generator seeded with ``seed``, so the result is the same on every device.
 
     Returns ``{"elbo", "reconstruction", "kl", "n"}``.
     """
     _check_model("evaluate_elbo", model)
-    device = model.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    sums, n = torch.zeros(3, device=device), 0
-    try:
-        for x in image_batches(data, batch_size, device, binarize_seed):
-            terms = flow_elbo(model, x, n_samples, generator)
-            sums += torch.stack((terms.elbo.sum(), terms.reconstruction.sum(), terms.kl.sum()))
-            n += x.shape[0]
-    finally:
-        model.train(was_training)
-    if n == 0:
-        raise ValueError("flows.evaluate_elbo: the data set is empty.")
-    elbo, reconstruction, kl = (sums / n).tolist()
-    return {"elbo": elbo, "reconstruction": reconstruction, "kl": kl, "n": n}
+    batches = image_batches(data, batch_size, model.device, binarize_seed)
+    return mean_elbo_terms(model, batches, lambda x, generator: flow_elbo(model, x, n_samples, generator), seed,
+                           "flows.evaluate_elbo")
 
 
 @torch.no_grad()
