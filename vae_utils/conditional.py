@@ -50,7 +50,7 @@ from .objectives import (
     reparameterize,
     standard_normal,
 )
-from .training import FitResult, History, TrainConfig, default_optimizer, train_epoch
+from .training import FitResult, History, TrainConfig, default_optimizer, ticking, train_epoch
 
 __all__ = [
     "ConditionalVAEConfig",
@@ -547,7 +547,8 @@ def fit_conditional(
         for epoch in range(1, config.epochs + 1):
             start = time.perf_counter()
             batches = labelled_batches(train_data, config.batch_size, generator=generator, binarize=config.binarize)
-            sums = {k: float(v) for k, v in train_epoch(model, _ticking(batches, bar), optimizer, objective).items()}
+            sums = train_epoch(model, ticking(batches, bar, every=1), optimizer, objective)
+            sums = {k: float(v) for k, v in sums.items()}
             test = evaluate_conditional_elbo(model, test_data, config.eval_batch_size) if test_data is not None else {}
             n = sums["n"]
             history.append(
@@ -564,13 +565,6 @@ def fit_conditional(
             bar.close()
     model.eval()
     return FitResult(model, history, optimizer, False)
-
-
-def _ticking(batches, bar):
-    for batch in batches:
-        yield batch
-        if bar is not None:
-            bar.update(1)
 
 
 # ------------------------------------------------------------------------------------ checkpoints

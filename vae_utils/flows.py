@@ -35,7 +35,7 @@ from .device import seed_everything
 from .evaluation import EVAL_BINARIZE_SEED, image_batches, mean_elbo_terms
 from .model import VAE, VAEConfig
 from .objectives import ELBO, elbo_terms, log_normal_diag, log_standard_normal, reparameterize
-from .training import default_optimizer, train_epoch
+from .training import default_optimizer, ticking, train_epoch
 
 __all__ = [
     "FlowConfig",
@@ -430,7 +430,7 @@ def train(
         for _ in range(epochs):
             start = time.perf_counter()
             batches = train_data.batches(batch_size, generator=generator, binarize=True)
-            sums = train_epoch(model, _ticking(batches, bar), optimizer, objective)
+            sums = train_epoch(model, ticking(batches, bar, every=1), optimizer, objective)
             history["train_elbo"].append(float(sums["objective"] / sums["n"]))
             history["seconds"].append(time.perf_counter() - start)
     finally:
@@ -438,13 +438,6 @@ def train(
             bar.close()
     model.eval()
     return history
-
-
-def _ticking(batches, bar):
-    for x in batches:
-        yield x
-        if bar is not None:
-            bar.update(1)
 
 
 def load_or_train(

@@ -33,6 +33,7 @@ __all__ = [
     "train_epoch",
     "fit",
     "default_optimizer",
+    "ticking",
 ]
 
 OBJECTIVES = ("elbo", "iw")
@@ -416,7 +417,7 @@ class _Run:
     def batches(self) -> Iterator[Tensor]:
         config = self.config
         batches = self.train_data.batches(config.batch_size, generator=self.generator, binarize=config.binarize)
-        return batches if self.bar is None else _ticking(batches, self.bar)
+        return ticking(batches, self.bar)
 
     def end_epoch(self, sums: dict[str, Tensor], epoch: int, history: History) -> dict[str, float]:
         """Read the epoch's sums (one host sync); raise TrainingDivergedError after a bad step."""
@@ -480,8 +481,12 @@ def _progress_bar(total_batches: int, progress: bool):
     return tqdm(total=total_batches, desc="training", unit="batch")
 
 
-def _ticking(batches: Iterable[Tensor], bar, every: int = PROGRESS_EVERY) -> Iterator[Tensor]:
-    """Pass the batches through, advancing ``bar`` by a count every ``every`` batches (no host sync)."""
+def ticking(batches: Iterable[Any], bar, every: int = PROGRESS_EVERY) -> Iterator[Any]:
+    """Pass the batches through, advancing ``bar`` (a tqdm bar, or None for none) by a count every
+    ``every`` batches: a count only, no host sync. Used by ``fit`` and by the flow and conditional loops."""
+    if bar is None:
+        yield from batches
+        return
     count = 0
     for x in batches:
         yield x
