@@ -37,14 +37,12 @@ from .checkpoint import Checkpoint, CheckpointError, data_key
 from .data import ImageDataset
 from .device import pick_device, seed_everything
 from .evaluation import EVAL_BINARIZE_SEED, mean_elbo_terms
-from .model import VAEConfig, VAEOutput, check_images
+from .model import VAEConfig, VAEOutput, add_decoder_variance, check_images, decoder_log_likelihood
 from .networks import build_decoder, build_encoder
 from .objectives import (
     ELBO,
-    bernoulli_log_likelihood,
     elbo_terms,
     gaussian_kl,
-    gaussian_log_likelihood,
     importance_weighted_bound,
     log_standard_normal,
     reparameterize,
@@ -177,13 +175,7 @@ class ConditionalVAE(nn.Module):
                 torch.manual_seed(config.seed)
             self.encoder = _Encoder(config)
             self.decoder = _Decoder(config)
-        self._fixed_logvar: float | None = None
-        if config.likelihood == "gaussian" and config.decoder_std is None:
-            self.decoder_logvar = nn.Parameter(torch.zeros(config.image_shape))
-        else:
-            self.register_parameter("decoder_logvar", None)
-            if config.likelihood == "gaussian":
-                self._fixed_logvar = 2.0 * math.log(config.decoder_std)
+        add_decoder_variance(self, config)
 
     @property
     def device(self) -> torch.device:
@@ -274,10 +266,7 @@ class ConditionalVAE(nn.Module):
 
     def log_likelihood(self, x: Tensor, decoded: Tensor) -> Tensor:
         """log p_θ(x|z, y) SUMMED over pixels. x: [B, C, H, W]; decoded: [..., B, C, H, W] -> [..., B]."""
-        if self.config.likelihood == "bernoulli":
-            return bernoulli_log_likelihood(x, decoded)
-        logvar = self.decoder_logvar if self.decoder_logvar is not None else self._fixed_logvar
-        return gaussian_log_likelihood(x, decoded, logvar)
+        return decoder_log_likelihood(self, x, decoded)
 
     def log_joint(self, x: Tensor, y: Any, z: Tensor) -> Tensor:
         """log p_θ(x, z|y) = log p_θ(x|z, y) + log p(z). x: [B, C, H, W]; y: [B]; z: [S, B, d] -> [S, B]."""

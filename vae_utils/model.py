@@ -23,7 +23,8 @@ from .objectives import (
     standard_normal,
 )
 
-__all__ = ["VAEConfig", "VAEOutput", "VAE", "check_images", "mark_checked"]
+__all__ = ["VAEConfig", "VAEOutput", "VAE", "check_images", "mark_checked", "add_decoder_variance",
+           "decoder_log_likelihood"]
 
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -304,6 +305,29 @@ class VAEOutput(NamedTuple):
     z: Tensor  # [B, d] one reparameterized sample from q(z|x)
 
 
+def add_decoder_variance(module: nn.Module, likelihood_config: Any) -> None:
+    """Give ``module`` the decoder variance its config asks for (a VAE's or a conditional VAE's):
+    ``decoder_logvar``, a learned per-pixel log-variance [C, H, W] (Gaussian pixels with decoder_std=None)
+    or None, and ``fixed_decoder_logvar`` = 2 log(decoder_std) for a fixed standard deviation, else None."""
+    config = likelihood_config
+    module.fixed_decoder_logvar = None
+    if config.likelihood == "gaussian" and config.decoder_std is None:
+        module.decoder_logvar = nn.Parameter(torch.zeros(config.image_shape))  # learned, per pixel
+    else:
+        module.register_parameter("decoder_logvar", None)
+        if config.likelihood == "gaussian":
+            module.fixed_decoder_logvar = 2.0 * math.log(config.decoder_std)
+
+
+def decoder_log_likelihood(module: nn.Module, x: Tensor, decoded: Tensor) -> Tensor:
+    """log p_θ(x|z) SUMMED over pixels for a module set up by ``add_decoder_variance``: Bernoulli logits or
+    Gaussian means in ``decoded``. x: [B, C, H, W]; decoded: [..., B, C, H, W] -> [..., B]."""
+    if module.config.likelihood == "bernoulli":
+        return bernoulli_log_likelihood(x, decoded)
+    logvar = module.decoder_logvar if module.decoder_logvar is not None else module.fixed_decoder_logvar
+    return gaussian_log_likelihood(x, decoded, logvar)
+
+
 class VAE(nn.Module):
     """A VAE with a Gaussian encoder q(z|x), a standard normal prior and a Bernoulli or Gaussian decoder."""
 
@@ -322,13 +346,7 @@ class VAE(nn.Module):
                 torch.manual_seed(config.seed)
             self.encoder = build_encoder(*args)
             self.decoder = build_decoder(*args)
-        self._fixed_logvar: float | None = None
-        if config.likelihood == "gaussian" and config.decoder_std is None:
-            self.decoder_logvar = nn.Parameter(torch.zeros(config.image_shape))  # learned, per pixel
-        else:
-            self.register_parameter("decoder_logvar", None)
-            if config.likelihood == "gaussian":
-                self._fixed_logvar = 2.0 * math.log(config.decoder_std)
+        add_decoder_variance(self, config)
 
     @property
     def device(self) -> torch.device:
@@ -384,14 +402,9 @@ class VAE(nn.Module):
         decoded = self.decoder(z.reshape(-1, d))
         return decoded.view(*z.shape[:-1], *self.config.image_shape)
 
-    def _decoder_logvar(self) -> Tensor | float:
-        return self.decoder_logvar if self.decoder_logvar is not None else self._fixed_logvar
-
     def log_likelihood(self, x: Tensor, decoded: Tensor) -> Tensor:
         """log p(x|z) SUMMED over pixels. x: [B, C, H, W]; decoded: [..., B, C, H, W] -> [..., B]."""
-        if self.config.likelihood == "bernoulli":
-            return bernoulli_log_likelihood(x, decoded)
-        return gaussian_log_likelihood(x, decoded, self._decoder_logvar())
+        return decoder_log_likelihood(self, x, decoded)
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x, z) = log p(x|z) + log p(z). x: [B, C, H, W]; z: [S, B, d] -> [S, B]."""
