@@ -14,8 +14,9 @@ if command -v apt-get >/dev/null 2>&1; then
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update
-    # Fashion-MNIST offline (all 70,000 images, idx .gz files), and a real browser for the slider test.
-    $SUDO apt-get install -y --no-install-recommends dataset-fashion-mnist chromium
+    # Fashion-MNIST offline (all 70,000 images, idx .gz files), a real browser for the slider test, and a
+    # C++ compiler for torch.compile (the tests of TrainConfig(compile=True) compile on the CPU).
+    $SUDO apt-get install -y --no-install-recommends dataset-fashion-mnist chromium g++
 else
     echo "apt-get not found: install Fashion-MNIST yourself (see README) and chromium for the browser test." >&2
 fi

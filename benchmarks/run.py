@@ -412,17 +412,20 @@ def reference_config():
 
 
 def run_vae_utils(train_data, device, epochs: int, warmup_batches: int, seed: int, binarize: bool,
-                  progress: bool, cuda_graph: bool = True) -> dict:
+                  progress: bool, cuda_graph: bool = True, compile: bool = False) -> dict:
     def train_config(n_epochs):
-        return vae_utils.TrainConfig(epochs=n_epochs, batch_size=BATCH_SIZE, lr=LR, seed=seed,
-                                     binarize=binarize, device=str(device), cuda_graph=cuda_graph)
+        return vae_utils.TrainConfig(epochs=n_epochs, batch_size=BATCH_SIZE, lr=LR, seed=seed, binarize=binarize,
+                                     device=str(device), cuda_graph=cuda_graph, compile=compile)
 
-    # Warm-up: one short fit of a throwaway model (first-call costs: allocator, kernels, thread pool).
+    # Warm-up: one short fit of a throwaway model (first-call costs: allocator, kernels, thread pool, and with
+    # compile=True the compilation). It ends with a batch of the epoch's last size, so nothing compiles later.
     torch.manual_seed(seed + 1)
     scratch = vae_utils.VAE(reference_config()).to(device)
-    vae_utils.fit(scratch, train_data.subset(min(len(train_data), warmup_batches * BATCH_SIZE)),
-                  config=train_config(1), progress=False)
+    warmup_images = min(len(train_data), warmup_batches * BATCH_SIZE + len(train_data) % BATCH_SIZE)
+    start = time.perf_counter()
+    vae_utils.fit(scratch, train_data.subset(warmup_images), config=train_config(1), progress=False)
     synchronize(device)
+    warmup_seconds = time.perf_counter() - start
 
     torch.manual_seed(seed)
     model = vae_utils.VAE(reference_config()).to(device)
@@ -433,7 +436,8 @@ def run_vae_utils(train_data, device, epochs: int, warmup_batches: int, seed: in
     history = result.history
     # fit's own per-epoch wall times; with the CPU clock, the fit call's CPU time per epoch instead.
     epoch_seconds = [float(s) for s in history.seconds] if clock is time.perf_counter else [wall / epochs]
-    return {"model": result.model, "binarize": binarize, "cuda_graph": cuda_graph, "epoch_seconds": epoch_seconds,
+    return {"model": result.model, "binarize": binarize, "cuda_graph": cuda_graph, "compile": compile,
+            "warmup_fit_seconds": warmup_seconds, "epoch_seconds": epoch_seconds,
             "seconds_per_epoch": min(epoch_seconds),
             "fit_wall_seconds": wall, "train_elbo": [float(v) for v in history.train_elbo],
             "load_average": load_average()}
@@ -615,6 +619,9 @@ def parse_args(argv=None):
     p.add_argument("--skip", nargs="*", default=[], choices=["usual", "vae_utils", "default", "eval"],
                    help="leave out parts: usual loop, vae_utils binarize=False, vae_utils default, eval")
     p.add_argument("--progress", action="store_true", help="let fit show its progress bar while timed")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the default fit with TrainConfig(compile=True) (its compile time is the warm-up "
+                        "fit's, reported as warmup_fit_seconds)")
     p.add_argument("--profile", action="store_true",
                    help="also write torch.profiler tables of a short fit and evaluation next to the JSON")
     p.add_argument("--gemm-seconds", type=float, default=0.05, help="seconds per matmul timing repeat")
@@ -672,18 +679,20 @@ def main(argv=None) -> dict:
                                             x_test_binary)
             report["usual_loop"] = usual | {"test_elbo": elbo_means(elbos["usual"])}
 
-        # (skip key, report key, binarize, cuda_graph); on CUDA the default also runs without its graph.
-        library_runs = [("vae_utils", "vae_utils_binarize_False", False, True),
-                        ("default", "vae_utils_binarize_True", True, True)]
+        # (skip key, report key, binarize, cuda_graph, compile); on CUDA the default also runs without its graph.
+        library_runs = [("vae_utils", "vae_utils_binarize_False", False, True, False),
+                        ("default", "vae_utils_binarize_True", True, True, False)]
         if device.type == "cuda":
-            library_runs.append(("default", "vae_utils_default_eager", True, False))
-        for key, report_key, binarize, cuda_graph in library_runs:
+            library_runs.append(("default", "vae_utils_default_eager", True, False, False))
+        if args.compile:
+            library_runs.append(("default", "vae_utils_compiled", True, True, True))
+        for key, report_key, binarize, cuda_graph, compile in library_runs:
             if key in args.skip:
                 continue
-            print(f"vae_utils.fit (binarize={binarize}, cuda_graph={cuda_graph}): {args.epochs} epoch(s) ...",
-                  flush=True)
+            print(f"vae_utils.fit (binarize={binarize}, cuda_graph={cuda_graph}, compile={compile}): "
+                  f"{args.epochs} epoch(s) ...", flush=True)
             run = run_vae_utils(train_data, device, args.epochs, args.warmup_batches, args.seed, binarize,
-                                args.progress, cuda_graph)
+                                args.progress, cuda_graph, compile)
             m = run.pop("model").eval()
             elbos[report_key] = elbo_both_ways(m.encode, m.decode, x_test, x_test_binary)
             run["test_elbo"] = elbo_means(elbos[report_key])
@@ -727,7 +736,8 @@ def summarize(report: dict) -> dict:
     floor = report["training_floor"]["seconds_per_epoch"]
     s: dict = {"floor_seconds_per_epoch": floor}
     usual = report.get("usual_loop", {}).get("seconds_per_epoch")
-    for key in ("usual_loop", "vae_utils_binarize_False", "vae_utils_binarize_True", "vae_utils_default_eager"):
+    for key in ("usual_loop", "vae_utils_binarize_False", "vae_utils_binarize_True", "vae_utils_default_eager",
+                "vae_utils_compiled"):
         if key in report:
             sec = report[key]["seconds_per_epoch"]
             s[key] = {"seconds_per_epoch": sec, "vs_floor": sec / floor,
@@ -756,7 +766,8 @@ def print_table(report: dict) -> None:
     print(header)
     names = {"usual_loop": "usual loop (torchvision+DataLoader)", "vae_utils_binarize_False": "vae_utils.fit binarize=False",
              "vae_utils_binarize_True": "vae_utils.fit default (binarize)",
-             "vae_utils_default_eager": "  the same, cuda_graph=False"}
+             "vae_utils_default_eager": "  the same, cuda_graph=False",
+             "vae_utils_compiled": "  the same, compile=True"}
     for key, label in names.items():
         if key in s:
             r = s[key]
@@ -769,6 +780,9 @@ def print_table(report: dict) -> None:
             print(f"  {label} minus usual loop, same images and noise: "
                   + ", ".join(f"{rep} {v['mean']:+.2f} +- {v['standard_error']:.2f}" for rep, v in d.items())
                   + " nats")
+    if "vae_utils_compiled" in report:
+        print(f"  compile=True: its warm-up fit ({report['vae_utils_compiled']['warmup_fit_seconds']:.1f} s) "
+              "includes compiling both batch shapes")
     tf = report["training_floor"]
     print(f"{'floor (matmul FLOPs / rate)':34s}{s['floor_seconds_per_epoch']:9.2f}{'':9s}{'1.0x':>9s}"
           f"   [{tf['epoch_flops'] / 1e9:.0f} GFLOP at {tf['rate_gflops_per_s']:.1f} GFLOP/s]")

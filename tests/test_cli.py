@@ -151,6 +151,22 @@ def test_a_cli_checkpoint_is_reused_by_load_or_train(tiny_data_dir, tmp_path, mo
     assert result.history.epoch == [1]
 
 
+def test_train_compile_trains_compiled_and_is_recorded(tiny_data_dir, tmp_path, monkeypatch):
+    import vae_utils.runs as runs
+
+    configs = []
+    real_fit = runs.fit
+
+    def recording_fit(model, train, test, config, **kwargs):
+        configs.append(config)
+        return real_fit(model, train, test, config, **kwargs)
+
+    monkeypatch.setattr(runs, "fit", recording_fit)
+    assert main(train_args(tiny_data_dir, tmp_path / "run", "--epochs", "1", "--compile")) == 0
+    assert [c.compile for c in configs] == [True]
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt").train_config.compile is True
+
+
 def test_two_runs_give_the_same_numbers(tiny_data_dir, tmp_path, capsys):
     for name in ("a", "b"):
         assert main(train_args(tiny_data_dir, tmp_path / name, "--epochs", "1")) == 0

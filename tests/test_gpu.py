@@ -229,3 +229,21 @@ def test_test_elbos_are_the_same_number_on_cpu_and_gpu(exact_float32):
         on_gpu = evaluate(copy.deepcopy(model).to("cuda"), data, seed=3)
         for key in ("elbo", "reconstruction", "kl"):
             assert on_gpu[key] == pytest.approx(on_cpu[key], rel=1e-4, abs=1e-3), (evaluate.__qualname__, key)
+
+
+def test_compiled_objective_inside_the_cuda_graph_learns_like_the_eager_loop(monkeypatch):
+    """TrainConfig(compile=True) on CUDA: inductor's Triton kernels, recorded in fit's CUDA graph."""
+    monkeypatch.setattr(cuda_graphs, "GraphedSteps", CountingGraphedSteps)
+    CountingGraphedSteps.made.clear()
+    torch._dynamo.reset()
+    train, test = stripes(2048), stripes(500, seed=1)  # 32 full batches: one shape to compile
+    histories = {}
+    for compiled in (True, False):
+        model = VAE(VAEConfig(latent_dim=4, hidden_dims=(64,), seed=0))
+        config = TrainConfig(epochs=3, batch_size=64, lr=3e-3, device="cuda", compile=compiled)
+        histories[compiled] = fit(model, train, test, config, progress=False).history
+    assert [runner.replays for runner in CountingGraphedSteps.made] == [3 * 32 - 3] * 2
+    compiled, eager = histories[True], histories[False]
+    assert compiled.train_elbo[-1] > compiled.train_elbo[0] + 20
+    assert abs(compiled.test_elbo[-1] - eager.test_elbo[-1]) < 0.03 * abs(eager.test_elbo[-1]), (
+        compiled.test_elbo, eager.test_elbo)

@@ -40,6 +40,7 @@ def test_same_run_compares_configs_without_the_device_and_the_data(tmp_path, fit
     assert runs.same_run(checkpoint, CONFIG, TRAIN, tiny_data())
     assert runs.same_run(checkpoint, CONFIG, vu.TrainConfig(epochs=1, batch_size=16, device=None), tiny_data())
     assert runs.same_run(checkpoint, CONFIG, vu.TrainConfig(epochs=1, batch_size=16, cuda_graph=False), tiny_data())
+    assert runs.same_run(checkpoint, CONFIG, vu.TrainConfig(epochs=1, batch_size=16, compile=True), tiny_data())
     assert not runs.same_run(checkpoint, vu.VAEConfig(latent_dim=3, hidden_dims=(16,), seed=1), TRAIN, tiny_data())
     assert not runs.same_run(checkpoint, CONFIG, vu.TrainConfig(epochs=1, batch_size=16, objective="iw", k=2),
                              tiny_data())

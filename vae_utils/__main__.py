@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--kl-warmup-epochs", type=float, default=0)
     train.add_argument("--no-binarize", action="store_true", help="train on gray levels (no dynamic binarization)")
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: best available)")
+    train.add_argument("--compile", action="store_true",
+                       help="compile the objective with torch.compile (needs a C++ compiler on a CPU; the first "
+                            "compile takes tens of seconds, later processes reuse torch's cache)")
     train.add_argument("--seed", type=int, default=0, help="seeds the initial weights, batch order and binarization")
     _add_data_options(train)
 
@@ -132,7 +135,7 @@ def _configs(args):
         train_config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
                                    kl_warmup_epochs=args.kl_warmup_epochs, seed=args.seed,
                                    binarize=not args.no_binarize, device=args.device,
-                                   objective=args.objective, k=args.k)
+                                   objective=args.objective, k=args.k, compile=args.compile)
     except ValueError as err:
         raise CLIError(str(err)) from None
     return model_config, train_config

@@ -1,7 +1,7 @@
 """Training runs that are trained once and reused: ``load_or_train``.
 
 A run is a checkpoint at a path together with what produced it: the model config, the training
-config (the device and cuda_graph aside) and the training data (its name and number of images, recorded by
+config (the device, cuda_graph and compile aside) and the training data (its name and number of images, recorded by
 ``save_checkpoint(..., train_data=...)``). ``load_or_train`` loads the checkpoint when all three
 match and trains (and saves) otherwise. The notebooks and ``python -m vae_utils train`` both go
 through it, so a model trained by one is reused by the other.
@@ -25,7 +25,7 @@ __all__ = ["load_or_train", "find_run", "same_run"]
 
 
 def same_run(checkpoint: Checkpoint, model_config: VAEConfig, train_config: TrainConfig, train_data) -> bool:
-    """Whether ``checkpoint`` was trained with these configs (the device and cuda_graph aside) on this training set."""
+    """Whether ``checkpoint`` was trained with these configs (the device, cuda_graph and compile aside) on this training set."""
     return (
         checkpoint.model.config.to_dict() == model_config.to_dict()
         and checkpoint.train_config is not None
@@ -35,10 +35,11 @@ def same_run(checkpoint: Checkpoint, model_config: VAEConfig, train_config: Trai
 
 
 def _without_device(train_config: TrainConfig) -> dict[str, Any]:
-    """The config without where and how fast it ran (device, cuda_graph): those do not change what was trained."""
+    """The config without where and how fast it ran (device, cuda_graph, compile): those change the random
+    noise's source, not what was trained."""
     values = train_config.to_dict()
-    values.pop("device", None)
-    values.pop("cuda_graph", None)
+    for key in ("device", "cuda_graph", "compile"):
+        values.pop(key, None)
     return values
 
 
@@ -76,7 +77,7 @@ def load_or_train(
     overwrite: bool = True,
 ) -> FitResult:
     """Load the model at ``path`` if it was trained with the same ``model_config`` and
-    ``train_config`` (the device and cuda_graph aside) on the same training data (its name and size); otherwise
+    ``train_config`` (the device, cuda_graph and compile aside) on the same training data (its name and size); otherwise
     train a new ``VAE(model_config)`` with ``fit`` and save it there. Either way returns a
     ``FitResult`` with the model, its training history and an Adam optimizer holding the stored state.
 
