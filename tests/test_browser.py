@@ -171,21 +171,28 @@ def save_failure_screenshot(page, screenshot_name: str) -> None:
 
 
 # Resolves with [ms from the key press, ms from now] until the redrawn figure is painted ([-1, -1] after
-# timeoutMs, [-2, -2] when window.__vaeStopWatching() is called). "From the key press" starts at the
-# keydown event's own time stamp, what a reader feels; "from now" also counts Playwright's round trip
-# that delivers the key.
-WATCH_FIGURE = """(img, timeoutMs) => {
+# timeoutMs; [-2, -2] when the key left the slider's readout as it was, at an end of its range, where
+# nothing will be redrawn). "From the key press" starts at the keydown event's own time stamp, what a
+# reader feels; "from now" also counts Playwright's round trip that delivers the key. The readout is
+# compared in the page, right after the key's own handlers, so that no Playwright query of the page
+# (a selector search over tens of thousands of nodes in a long notebook) competes with the redraw that
+# is being timed.
+WATCH_FIGURE = """(img, [timeoutMs, readout]) => {
     const before = img.src, start = performance.now();
     let keyAt = null;
-    const onKey = (event) => { if (keyAt === null) keyAt = event.timeStamp; };
-    document.addEventListener('keydown', onKey, {capture: true});
     window.__vaeFigureChanged = new Promise((resolve) => {
         const done = (value) => {
             observer.disconnect();
             document.removeEventListener('keydown', onKey, {capture: true});
             resolve(value);
         };
-        window.__vaeStopWatching = () => done([-2, -2]);  // nothing will change: stop at once, not after timeoutMs
+        const onKey = (event) => {
+            if (keyAt !== null) return;
+            keyAt = event.timeStamp;
+            const value = readout.textContent;
+            setTimeout(() => { if (readout.textContent === value) done([-2, -2]); }, 0);  // after the slider's handlers
+        };
+        document.addEventListener('keydown', onKey, {capture: true});
         const observer = new MutationObserver(() => {
             // decoded, then the next frame: when the new figure is on the screen
             if (img.src !== before) img.decode().catch(() => {}).then(() => requestAnimationFrame(() => {
@@ -202,22 +209,23 @@ WATCH_FIGURE = """(img, timeoutMs) => {
 def step_theory_slider(page, slider, figure, steps: int) -> list[list[float]]:
     """Press an arrow key on the slider until its value has changed `steps` times (turning round at the
     ends of its range); per press, [ms from the keydown event, ms from sending the key] until the redrawn
-    figure shows, [-1, -1] for none."""
+    figure shows, [-1, -1] for none. The handle, readout and image are looked up once, as element handles:
+    between a key press and its redraw the test only waits."""
     handle = slider.locator(SLIDER_HANDLE).first
-    readout = slider.locator(".widget-readout").first
     handle.scroll_into_view_if_needed(timeout=10_000)
+    handle, readout = handle.element_handle(), slider.locator(".widget-readout").first.element_handle()
+    image = figure.element_handle()
     pairs, key = [], "ArrowRight"
     for _ in range(3 * steps):
         if len(pairs) == steps:
             break
-        value = readout.inner_text()
-        figure.evaluate(WATCH_FIGURE, REDRAW_S * 1000)
+        image.evaluate(WATCH_FIGURE, [REDRAW_S * 1000, readout])
         handle.press(key)
-        if readout.inner_text() == value:  # at the end of the range: nothing to redraw
+        result = page.evaluate("window.__vaeFigureChanged")
+        if result == [-2, -2]:  # at the end of the range: nothing to redraw
             key = "ArrowLeft" if key == "ArrowRight" else "ArrowRight"
-            page.evaluate("window.__vaeStopWatching()")
             continue
-        pairs.append(page.evaluate("window.__vaeFigureChanged"))
+        pairs.append(result)
     assert len(pairs) == steps, f"the slider's value changed only {len(pairs)} times in {3 * steps} key presses"
     return pairs
 
