@@ -59,10 +59,11 @@ class TrainConfig:
         one launch per step instead of dozens); ignored on other devices, with a KL warm-up (beta then
         changes every step) and with an optimizer you pass to ``fit`` unless it was built with capturable=True.
     compile: compile the objective (the forward pass and its backward) with ``torch.compile`` (inductor;
-        a C++ compiler on a CPU, Triton on a GPU). Off by default: on a 2-core CPU it makes a step of the
-        reference model about 10% faster after a first compile of several seconds, more than a short run
-        saves (benchmarks/RESULTS.md). Its noise comes from inductor's own generator, so a compiled run
-        matches the eager one in distribution, not bit for bit.
+        a C++ compiler on a CPU, Triton on a GPU). Off by default: a step of the reference model gets up to
+        9% faster on a 2-core CPU and an epoch 1.4x faster on an H200, but the first compile takes 20-25 s
+        (4-6 s once torch's cache holds it), more than a 10-epoch run saves (benchmarks/RESULTS.md). Its
+        noise comes from inductor's own generator, so a compiled run matches the eager one in
+        distribution, not bit for bit.
     """
 
     epochs: int = 10
