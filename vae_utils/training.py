@@ -357,12 +357,11 @@ class _FitObjective:
     count and that note are device tensors changed in place, so a CUDA graph of the step keeps them."""
 
     def __init__(self, config: TrainConfig, steps_per_epoch: int, device: torch.device):
-        self.config, self.device = config, device
-        self.iw = iw_objective(config.k) if config.objective == "iw" else None
-        self.elbo = vae_elbo
-        if config.compile:
-            self.iw = self.iw and _compiled(self.iw)
-            self.elbo = _compiled(vae_elbo)
+        self.config = config
+        # beta = 1 inside the objective (TrainConfig allows no other with "iw"); a beta or warm-up reweighs
+        # the KL outside it, so a compiled objective never sees a changing number.
+        objective = iw_objective(config.k) if config.objective == "iw" else vae_elbo
+        self.objective = _compiled(objective) if config.compile else objective
         self.warmup_steps = config.kl_warmup_epochs * steps_per_epoch
         self.beta, self.global_step = config.beta, 0
         self.step = torch.zeros((), dtype=torch.long, device=device)
@@ -374,14 +373,11 @@ class _FitObjective:
 
     def __call__(self, model: nn.Module, x: Tensor) -> ELBO:
         self.global_step += 1
-        if self.iw is not None:
-            terms = self.iw(model, x)
-        else:
-            if self.warmup_steps > 0:
-                self.beta = self.config.beta * min(1.0, self.global_step / self.warmup_steps)
-            terms = self.elbo(model, x)  # beta = 1: a compiled objective sees no changing number
-            if self.beta != 1:
-                terms = elbo_terms(terms.reconstruction, terms.kl, self.beta)
+        if self.warmup_steps > 0:
+            self.beta = self.config.beta * min(1.0, self.global_step / self.warmup_steps)
+        terms = self.objective(model, x)
+        if self.beta != 1:
+            terms = elbo_terms(terms.reconstruction, terms.kl, self.beta)
         with torch.no_grad():  # device-side, in place: no host sync
             self.step.add_(1)
             bad = (self.first_bad < 0) & ~torch.isfinite(terms.elbo.sum())
