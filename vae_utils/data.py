@@ -343,8 +343,9 @@ class ImageDataset:
         Each batch is marked with ``vae_utils.model.mark_checked`` (its values are in [0, 1] by
         construction), so ``VAE.encode`` skips its value check and training never syncs per batch.
         With ``binarize=True`` every pixel is redrawn as ``Bernoulli(x)`` each time it is served
-        (dynamic binarization: 1 where a uniform draw is below x). ``generator`` drives both the order and the binarization; one on a
-        different device than the data is used to seed one on the data's device.
+        (dynamic binarization: 1 where a uniform draw is below x). ``generator`` drives both the order
+        and the binarization; one on a different device than the data is used to seed one on the data's
+        device.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")

@@ -1,10 +1,10 @@
 """Training runs that are trained once and reused: ``load_or_train``.
 
 A run is a checkpoint at a path together with what produced it: the model config, the training
-config (the device, cuda_graph and compile aside) and the training data (its name and number of images, recorded by
-``save_checkpoint(..., train_data=...)``). ``load_or_train`` loads the checkpoint when all three
-match and trains (and saves) otherwise. The notebooks and ``python -m vae_utils train`` both go
-through it, so a model trained by one is reused by the other.
+config (the device, cuda_graph and compile aside) and the training data (its name and number of
+images, recorded by ``save_checkpoint(..., train_data=...)``). ``load_or_train`` loads the checkpoint
+when all three match and trains (and saves) otherwise. The notebooks and ``python -m vae_utils train``
+both go through it, so a model trained by one is reused by the other.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ __all__ = ["load_or_train", "find_run", "same_run"]
 
 
 def same_run(checkpoint: Checkpoint, model_config: VAEConfig, train_config: TrainConfig, train_data) -> bool:
-    """Whether ``checkpoint`` was trained with these configs (the device, cuda_graph and compile aside) on this training set."""
+    """Whether ``checkpoint`` was trained with these configs (the device, cuda_graph and compile aside)
+    on this training set."""
     return (
         checkpoint.model.config.to_dict() == model_config.to_dict()
         and checkpoint.train_config is not None
@@ -77,9 +78,10 @@ def load_or_train(
     overwrite: bool = True,
 ) -> FitResult:
     """Load the model at ``path`` if it was trained with the same ``model_config`` and
-    ``train_config`` (the device, cuda_graph and compile aside) on the same training data (its name and size); otherwise
-    train a new ``VAE(model_config)`` with ``fit`` and save it there. Either way returns a
-    ``FitResult`` with the model, its training history and an Adam optimizer holding the stored state.
+    ``train_config`` (the device, cuda_graph and compile aside) on the same training data (its name
+    and size); otherwise train a new ``VAE(model_config)`` with ``fit`` and save it there. Either way
+    returns a ``FitResult`` with the model, its training history and an Adam optimizer holding the stored
+    state.
 
     ``callback`` is passed to ``fit`` (e.g. a ``LiveLossPlot``); it is not called when loading.
     A checkpoint with other configs or data is replaced by the new training run, unless
