@@ -1,17 +1,21 @@
 """The model and objectives on CUDA. Skipped where torch.cuda.is_available() is False."""
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from vae_utils import cuda_graphs
 from vae_utils.cuda_graphs import GraphedSteps
-from vae_utils.data import ImageDataset
 from vae_utils.device import pick_device, seed_everything
 from vae_utils.model import VAE, VAEConfig
 from vae_utils.objectives import importance_weighted_bound, negative_elbo_loss, vae_elbo
 from vae_utils.training import TrainConfig, TrainingDivergedError, fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # test_training, whatever pytest's import mode
+from test_training import pattern_dataset as stripes  # noqa: E402  (four learnable stripe patterns)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -111,16 +115,6 @@ def test_iw_bound_runs_on_cuda_and_matches_cpu(exact_float32):
 
 
 # ---------------------------------------------------------------------------- CUDA graphs in fit
-def stripes(n: int, seed: int = 0) -> ImageDataset:
-    """Four stripe patterns with gray-level noise: easy to learn, so training visibly helps."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 4, (n,), generator=g)
-    rows = torch.arange(28).view(1, 28, 1)
-    gray = 0.1 + 0.8 * ((rows // 7) == labels.view(n, 1, 1)).float() + 0.1 * torch.rand(n, 28, 28, generator=g)
-    return ImageDataset((gray.clamp(0, 1) * 255).round().to(torch.uint8).unsqueeze(1), labels,
-                        ["top", "upper", "lower", "bottom"], "stripes")
-
-
 class CountingGraphedSteps(GraphedSteps):
     made: list = []
 
