@@ -96,7 +96,7 @@ def make_step(objective):
     optimizer = default_optimizer(model, 1e-3)
 
     def step(x: Tensor) -> None:
-        loss = -objective(model, x).elbo.mean()
+        loss = -objective(model, x).objective.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

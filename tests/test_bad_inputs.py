@@ -218,7 +218,7 @@ def test_training_steps_on_cuda_never_wait_for_the_device():
     torch.cuda.set_sync_debug_mode("error")  # any synchronizing CUDA call raises
     try:
         for x in batches:
-            vae_elbo(model, x).elbo.sum().backward()  # marked batches: no value check, no sync
+            vae_elbo(model, x).objective.sum().backward()  # marked batches: no value check, no sync
         with pytest.raises(RuntimeError, match="synchroniz"):  # the control: an unmarked batch is checked
             vae_elbo(model, batches[0] * 1.0)
     finally:

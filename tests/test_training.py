@@ -89,7 +89,7 @@ def test_kl_warmup_ramps_beta_per_step(monkeypatch):
     def spy(reconstruction, kl, beta=1.0):  # fit reweighs the KL of each step whose beta is not 1
         seen.append(beta)
         terms = original(reconstruction, kl, beta)
-        assert torch.equal(terms.elbo, reconstruction - beta * kl)
+        assert torch.equal(terms.objective, reconstruction - beta * kl)
         return terms
 
     monkeypatch.setattr(training, "elbo_terms", spy)
@@ -257,7 +257,7 @@ def test_train_epoch_is_the_plain_loop():
     losses = []
     for x in batches:  # the loop a reader writes
         terms = vae_elbo(reader, x)
-        loss = -terms.elbo.mean()
+        loss = -terms.objective.mean()
         reader_opt.zero_grad()
         loss.backward()
         reader_opt.step()

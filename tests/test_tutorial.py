@@ -137,6 +137,25 @@ def test_check_states_a_small_tolerance_as_it_is(capsys):
     assert "within 0.1%" in capsys.readouterr().out
 
 
+def test_check_with_an_absolute_tolerance_reports_it_in_absolute_terms(capsys):
+    assert not tutorial.check(-5.8, -5.451, rtol=0, atol=1e-4, name="log p(x)")
+    out = capsys.readouterr().out
+    assert "tolerance 0.0001 absolute" in out and "off by up to 0.349" in out, out
+    assert "0%" not in out  # the old line: "off by up to 0% ... (tolerance 0%)"
+    assert tutorial.check(-5.45105, -5.451, rtol=0, atol=1e-4)
+    assert "within 0.0001 absolute" in capsys.readouterr().out
+    assert tutorial.check(1.0, 1.0005, rtol=1e-4, atol=1e-3)
+    assert "within 0.01% + 0.001 absolute" in capsys.readouterr().out
+
+
+def test_a_monte_carlo_check_names_the_noise_and_the_samples_needed(capsys):
+    assert not tutorial.check(1.05, 1.0, rtol=0.02, name="estimate", monte_carlo_samples=1_000_000)
+    out = capsys.readouterr().out
+    assert "Monte Carlo noise" in out and "1,000,000 samples" in out, out
+    assert not tutorial.check(1.05, 1.0, rtol=0.02)
+    assert "Monte Carlo" not in capsys.readouterr().out
+
+
 def test_check_shows_nothing_as_a_cell_result_in_a_notebook():
     from IPython.core.interactiveshell import InteractiveShell
 

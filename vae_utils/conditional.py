@@ -367,7 +367,7 @@ def conditional_elbo(
 
     reconstruction = E_q[log p_θ(x|z, y)], the MEAN over n_samples reparameterized z ~ q_φ(z|x, y),
     SUMMED over pixels; kl = KL(q_φ(z|x, y) || p(z)) in closed form, SUMMED over latent dims;
-    elbo = reconstruction - beta * kl. The training loss is ``-elbo.mean()`` (nats per example).
+    objective = reconstruction - beta * kl. The training loss is ``-objective.mean()`` (nats per example).
     """
     mu, logvar = model.encode(x, y)
     z = model.reparameterize(mu, logvar, n_samples=n_samples, generator=generator)  # [S, B, d]
@@ -378,7 +378,7 @@ def conditional_elbo(
 def conditional_objective(beta: float = 1.0) -> Callable[[ConditionalVAE, tuple[Tensor, Tensor]], ELBO]:
     """``objective(model, (x, y)) -> ELBO`` for ``vu.train_epoch``, whose batches are (x, y) pairs.
 
-    ``vu.train_epoch`` minimizes ``-objective(model, batch).elbo.mean()``.
+    ``vu.train_epoch`` minimizes ``-objective(model, batch).objective.mean()``.
     """
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (beta >= 0 and math.isfinite(beta)):
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")

@@ -312,7 +312,7 @@ def flow_elbo(model: FlowVAE, x: Tensor, n_samples: int = 1, generator: torch.Ge
 
 
 def flow_objective(n_samples: int = 1) -> Callable[[FlowVAE, Tensor], ELBO]:
-    """``objective(model, x) -> ELBO`` for training a FlowVAE; the loss is ``-objective(model, x).elbo.mean()``."""
+    """``objective(model, x) -> ELBO`` for training a FlowVAE; the loss is ``-objective(model, x).objective.mean()``."""
 
     def objective(model: FlowVAE, x: Tensor) -> ELBO:
         return flow_elbo(model, x, n_samples)
@@ -409,7 +409,7 @@ def train(
     progress: bool = True,
 ) -> dict[str, list[float]]:
     """``epochs`` passes of ``vu.train_epoch`` (the loop ``fit`` runs: Adam on
-    ``-objective(model, x).elbo.mean()``, nats per example, minimized) on dynamically binarized
+    ``-objective(model, x).objective.mean()``, nats per example, minimized) on dynamically binarized
     batches, seeded like ``fit`` so a FlowVAE and a VAE see the same batches.
 
     Returns ``{"train_elbo": [...], "seconds": [...]}``, one entry per epoch (the mean training

@@ -117,19 +117,26 @@ def monte_carlo_kl(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- the VAE ELBO
 class ELBO(NamedTuple):
-    """Per-example evidence lower bound and its two parts, each [B], in nats.
+    """Per-example terms of a training objective, each [B], in nats.
 
-    elbo = reconstruction - beta * kl (beta = 1 gives the true ELBO <= log p(x)); `kl` is stored
-    unweighted, so its value does not depend on beta.
+    ``objective`` is what training maximizes: reconstruction - beta * kl for the (beta-)ELBO, or the
+    K-sample importance-weighted bound for ``iw_objective``. ``elbo`` is always the ELBO itself,
+    reconstruction - kl (beta = 1; for ``iw_objective`` the K-sample estimate of it), whatever was
+    optimized. ``kl`` is stored unweighted, so its value does not depend on beta.
     """
 
-    elbo: Tensor  # [B]  reconstruction - beta * kl  (maximize)
+    objective: Tensor  # [B]  what training maximizes
     reconstruction: Tensor  # [B]  E_q[log p(x|z)], summed over pixels
     kl: Tensor  # [B]  KL(q(z|x) || p(z)), summed over latent dims, unweighted
 
+    @property
+    def elbo(self) -> Tensor:
+        """The ELBO, reconstruction - kl: [B] (<= log p(x) in expectation)."""
+        return self.reconstruction - self.kl
+
 
 def elbo_terms(reconstruction: Tensor, kl: Tensor, beta: float = 1.0) -> ELBO:
-    """Assemble an ELBO from its parts: elbo = reconstruction - beta * kl. All [B], no reduction."""
+    """Assemble the terms: objective = reconstruction - beta * kl. All [B], no reduction."""
     return ELBO(reconstruction - beta * kl, reconstruction, kl)
 
 
@@ -147,7 +154,7 @@ def vae_elbo(
     x: [B, C, H, W]. The reconstruction term E_q[log p(x|z)] is the MEAN over `n_samples`
     reparameterized z ~ q(z|x), summed over pixels; the KL term is the closed form
     (`analytic_kl=True`, the default: lower variance) or the Monte Carlo estimate on the same
-    samples. Returns ELBO with fields [B]; elbo = reconstruction - beta * kl. Gradients flow to
+    samples. Returns ELBO with fields [B]; objective = reconstruction - beta * kl. Gradients flow to
     both encoder and decoder. The training loss is `negative_elbo_loss(vae_elbo(...))`.
     """
     if n_samples < 1:
@@ -160,8 +167,8 @@ def vae_elbo(
 
 
 def negative_elbo_loss(elbo: ELBO) -> Tensor:
-    """The training loss: -elbo.elbo MEAN over the batch (a scalar, nats per example; minimize)."""
-    return -elbo.elbo.mean()
+    """The training loss: -elbo.objective MEAN over the batch (a scalar, nats per example; minimize)."""
+    return -elbo.objective.mean()
 
 
 # --------------------------------------------------------------------------- training objectives
@@ -171,9 +178,9 @@ Objective = Callable[..., ELBO]
 def elbo_objective(beta: float = 1.0) -> Objective:
     """The VAE objective ``objective(model, x) -> ELBO``: `vae_elbo` with one reparameterized sample.
 
-    x: [B, C, H, W]. The returned ELBO's fields are [B]; ``elbo = reconstruction - beta * kl``
-    (beta = 1: the ELBO; beta > 1: a beta-VAE). Training maximizes ``elbo.mean()``, i.e. minimizes
-    ``-objective(model, x).elbo.mean()`` (nats per example).
+    x: [B, C, H, W]. The returned ELBO's fields are [B]; ``objective = reconstruction - beta * kl``
+    (beta = 1: the ELBO; beta > 1: a beta-VAE). Training maximizes ``objective.mean()``, i.e. minimizes
+    ``-objective(model, x).objective.mean()`` (nats per example).
     """
     beta = _check_real("beta", beta, minimum=0.0)
 
@@ -188,14 +195,14 @@ def iw_objective(k: int) -> Objective:
     """The importance-weighted (IWAE) objective with K samples, ``objective(model, x) -> ELBO``.
 
     x: [B, C, H, W]; K reparameterized z_k ~ q(z|x) per example. The fields, each [B]:
-      * ``elbo``: the K-sample bound log (1/K) sum_k p(x, z_k) / q(z_k|x) (Burda et al., 2016),
+      * ``objective``: the K-sample bound log (1/K) sum_k p(x, z_k) / q(z_k|x) (Burda et al., 2016),
         the quantity IWAE training maximizes; K = 1 is the single-sample ELBO, and it rises toward
         log p(x) as K grows;
       * ``reconstruction``: E_q log p(x|z) estimated as the MEAN of log p(x|z_k) over the same K
         samples (summed over pixels);
       * ``kl``: the closed-form KL(q(z|x) || p(z)) (summed over latent dimensions).
-    So ``reconstruction - kl`` is the K-sample ELBO estimate (<= ``elbo`` on average), reported
-    next to the bound. The training loss is ``-objective(model, x).elbo.mean()``.
+    So ``elbo`` (= reconstruction - kl) is the K-sample ELBO estimate (<= ``objective`` on average),
+    reported next to the bound. The training loss is ``-objective(model, x).objective.mean()``.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"iw_objective: k (importance samples) must be an int >= 1, got {k!r}.")

@@ -239,22 +239,22 @@ SUM_KEYS = ("n", "objective", "elbo", "reconstruction", "kl")
 def train_epoch(model: nn.Module, batches: Iterable[Tensor], optimizer: torch.optim.Optimizer,
                 objective: Callable[[nn.Module, Tensor], ELBO] | None = None) -> dict[str, Tensor]:
     """One pass of the plain loop: per batch ``x: [B, C, H, W]`` in [0, 1], one step on the loss
-    ``-objective(model, x).elbo.mean()`` (nats per example). objective: ``(model, x) -> ELBO`` with
+    ``-objective(model, x).objective.mean()`` (nats per example). objective: ``(model, x) -> ELBO`` with
     [B] terms, default ``objectives.elbo_objective()``. Returns sums over the examples, 0-d tensors
     on the model's device (read them after the epoch: nothing here waits for the device), keyed
-    ``n``, ``objective`` (its elbo field), ``elbo`` (reconstruction - KL), ``reconstruction``, ``kl``."""
+    ``n``, ``objective`` (its objective field), ``elbo`` (reconstruction - KL), ``reconstruction``, ``kl``."""
     objective = objective or elbo_objective()
     model.train()
     sums = torch.zeros(len(SUM_KEYS), device=next(model.parameters()).device)
     for x in batches:
         terms = objective(model, x)
-        loss = -terms.elbo.mean()
+        loss = -terms.objective.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
             r, kl = terms.reconstruction.sum(), terms.kl.sum()
-            sums += torch.stack((torch.ones_like(terms.elbo).sum(), terms.elbo.sum(), r - kl, r, kl))
+            sums += torch.stack((torch.ones_like(terms.objective).sum(), terms.objective.sum(), r - kl, r, kl))
     return dict(zip(SUM_KEYS, sums.unbind()))
 
 
@@ -380,7 +380,7 @@ class _FitObjective:
             terms = elbo_terms(terms.reconstruction, terms.kl, self.beta)
         with torch.no_grad():  # device-side, in place: no host sync
             self.step.add_(1)
-            bad = (self.first_bad < 0) & ~torch.isfinite(terms.elbo.sum())
+            bad = (self.first_bad < 0) & ~torch.isfinite(terms.objective.sum())
             self.first_bad.copy_(torch.where(bad, self.step, self.first_bad))
         return terms
 

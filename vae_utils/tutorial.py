@@ -124,12 +124,16 @@ class Verdict:
         pass
 
 
-def check(answer: Any, reference: Any, rtol: float = 0.05, atol: float | None = None, name: str = "answer") -> Verdict:
+def check(answer: Any, reference: Any, rtol: float = 0.05, atol: float | None = None, name: str = "answer",
+          monte_carlo_samples: int | None = None) -> Verdict:
     """Compare an exercise answer with a reference computed by the library; print one line.
 
     Passes when every element has |answer - reference| <= atol + rtol * |reference| (atol None: 0),
-    with matching shapes. The failure line says how far off the answer is, relative to the
-    reference's size, and never prints the reference. ``answer=None`` means "not attempted yet".
+    with matching shapes. The line states the tolerance as it is used: relative (``rtol``), absolute
+    (``atol``) or both. A failure says how far off the answer is (relative to the reference's size, or in
+    absolute terms when only ``atol`` is set) and never prints the reference. ``answer=None`` means "not
+    attempted yet". monte_carlo_samples: the answer is a Monte Carlo estimate that needs about this many
+    samples to land within the tolerance; a failure then names Monte Carlo noise and that count.
     Returns a ``Verdict``, true on a pass.
     """
     if answer is None:
@@ -147,14 +151,33 @@ def check(answer: Any, reference: Any, rtol: float = 0.05, atol: float | None = 
         return Verdict(False)
     error, allowed = (got - want).abs(), (atol or 0.0) + rtol * want.abs()
     wrong = int((error > allowed).sum())
+    tolerance = _tolerance(rtol, atol)
     if wrong == 0:
-        print(f"{name}: correct (within {rtol * 100:.2g}%{f' + {atol:g}' if atol else ''} of the reference).")
+        print(f"{name}: correct (within {tolerance} of the reference).")
         return Verdict(True)
-    relative = float((error / want.abs().clamp_min(1e-12)).max())
-    how_far = f"off by up to {relative:.0%} of the reference's size" if relative < 1e4 else "far off"
     count = f" in {wrong} of {got.numel()} entries" if got.numel() > 1 else ""
-    print(f"{name}: not yet -- {how_far}{count} (tolerance {rtol * 100:.2g}%). Check signs, sums and means.")
+    hint = "Check signs, sums and means."
+    if monte_carlo_samples is not None:
+        hint = (f"If your method is right, Monte Carlo noise can still put it outside the tolerance: use at least "
+                f"{monte_carlo_samples:,} samples. Otherwise check signs, sums and means.")
+    print(f"{name}: not yet -- {_how_far(error, want, rtol)}{count} (tolerance {tolerance}). {hint}")
     return Verdict(False)
+
+
+def _tolerance(rtol: float, atol: float | None) -> str:
+    """The tolerance as check applies it: "2%", "0.001 absolute" or "0.1% + 1e-05 absolute"."""
+    parts = [f"{rtol * 100:.2g}%"] if rtol else []
+    if atol:
+        parts.append(f"{atol:g} absolute")
+    return " + ".join(parts) or "0 (exact)"
+
+
+def _how_far(error: torch.Tensor, want: torch.Tensor, rtol: float) -> str:
+    """How far off, in the tolerance's own terms: relative to the reference when rtol is set, else absolute."""
+    if not rtol:
+        return f"off by up to {float(error.max()):.3g}"
+    relative = float((error / want.abs().clamp_min(1e-12)).max())
+    return f"off by up to {relative:.0%} of the reference's size" if relative < 1e4 else "far off"
 
 
 def _as_float64(value: Any) -> torch.Tensor | None:
