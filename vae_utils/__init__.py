@@ -25,7 +25,7 @@ _HOMES = {
     "VAE": "model", "VAEConfig": "model",
     "load_dataset": "data", "ImageDataset": "data", "DatasetNotFoundError": "data",
     "vae_elbo": "objectives", "negative_elbo_loss": "objectives",
-    "TrainConfig": "training", "fit": "training", "train_epoch": "training", "FitResult": "training",
+    "TrainConfig": "train_config", "fit": "training", "train_epoch": "training", "FitResult": "training",
     "TrainingDivergedError": "training",
     "evaluate_elbo": "evaluation", "estimate_log_likelihood": "evaluation",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "CheckpointError": "checkpoint",
@@ -73,5 +73,6 @@ if _typing.TYPE_CHECKING:  # for editors and type checkers: the same names, impo
     from .objectives import negative_elbo_loss, vae_elbo
     from .plotting import plot_history, show_images
     from .runs import load_or_train
-    from .training import FitResult, TrainConfig, TrainingDivergedError, fit, train_epoch
+    from .train_config import TrainConfig
+    from .training import FitResult, TrainingDivergedError, fit, train_epoch
     from .widgets import interpolation_explorer, latent_explorer

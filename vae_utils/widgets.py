@@ -30,7 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image as PILImage
 from PIL import features as PILFeatures
 
-from .model import check_images
+from .validation import check_images
 
 __all__ = [
     "LiveFigure",
