@@ -128,7 +128,9 @@ def test_flow_vae_log_q_agrees_with_the_density_through_the_inverse(kind):
     x = random_images(4).double()
     with torch.no_grad():
         q = model.posterior(x)
-        z, log_q = q.rsample_with_log_prob(10, torch.Generator().manual_seed(0))  # [10, 4, 3], [10, 4]
+        z = q.rsample(10, torch.Generator().manual_seed(0))  # [10, 4, 3]
+        log_q = q.log_prob(z)  # [10, 4], from the change of variables while sampling
+        torch.testing.assert_close(q.log_prob(z.clone()), log_q, rtol=0, atol=1e-8)  # through the inverse
         z0 = model.flow.inverse(z, q.context)
         base = torch.distributions.Normal(q.mu, (0.5 * q.logvar).exp()).log_prob(z0).sum(-1)
         assert torch.allclose(log_q, base - model.flow(z0, q.context)[1], atol=1e-8)

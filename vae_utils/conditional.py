@@ -130,8 +130,8 @@ def log_class_posterior(model: ConditionalVAE, x: Tensor, k: int = 100, seed: in
 
         log p(y|x) = log p_θ(x|y) - logsumexp_y' log p_θ(x|y'),
 
-    each log p_θ(x|y) an importance-weighted estimate with k samples (``vu.estimate_log_likelihood``, the same
-    ``seed`` for every label). x: [N, C, H, W] in [0, 1] (binary for a Bernoulli model). Returns [N, K] on the
+    each log p_θ(x|y) an importance-weighted estimate with k samples (``vu.estimate_log_likelihood`` in batches
+    of 100 images, the same ``seed`` for every label). x: [N, C, H, W] in [0, 1] (binary for a Bernoulli model). Returns [N, K] on the
     CPU; ``.argmax(1)`` is the predicted class.
     """
     n = x.shape[0] if isinstance(x, Tensor) else 0
@@ -140,8 +140,8 @@ def log_class_posterior(model: ConditionalVAE, x: Tensor, k: int = 100, seed: in
         from tqdm.auto import tqdm
 
         labels = tqdm(labels, desc="log p(x|y) for each label y", unit="label")
-    columns = [estimate_log_likelihood(model, (x, torch.full((n,), label, dtype=torch.long)), k=k, seed=seed,
-                                       progress=False) for label in labels]
+    columns = [estimate_log_likelihood(model, (x, torch.full((n,), label, dtype=torch.long)), k=k, batch_size=100,
+                                       seed=seed, progress=False) for label in labels]
     return torch.stack(columns, dim=1).log_softmax(dim=1)
 
 

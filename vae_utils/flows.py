@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -229,31 +229,30 @@ class FlowVAEConfig(VAEConfig):
             raise ValueError(f"FlowVAEConfig.flow must be a FlowConfig, got {type(self.flow).__name__}")
 
 
-class FlowPosterior(NamedTuple):
+class FlowPosterior:
     """q_φ(z_T|x): the Gaussian ``base`` [B, d] pushed through ``flow`` with the encoder's features as
-    ``context`` [B, c]. ``mu`` and ``logvar`` are the base's (what ``encode`` returns)."""
+    ``context`` [B, c]. ``mu`` and ``logvar`` are the base's (what ``encode`` returns). ``log_prob`` of the
+    sample ``rsample`` just drew comes from the change of variables at no cost; of any other z it goes
+    through the flow's inverse (d sequential passes for an IAF)."""
 
-    base: GaussianPosterior
-    flow: Flow
-    context: Tensor
-
-    @property
-    def mu(self) -> Tensor:
-        return self.base.mu
-
-    @property
-    def logvar(self) -> Tensor:
-        return self.base.logvar
-
-    def rsample_with_log_prob(self, n_samples: int | None = None,
-                              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """(z_T [S, B, d], log q_φ(z_T|x) [S, B]) by the change of variables; reparameterized."""
-        z0, log_q0 = self.base.rsample_with_log_prob(n_samples, generator)
-        z, log_det = self.flow(z0, self.context)
-        return z, log_q0 - log_det
+    def __init__(self, base: GaussianPosterior, flow: Flow, context: Tensor):
+        self.base, self.flow, self.context = base, flow, context
+        self.mu, self.logvar = base.mu, base.logvar
+        self._drawn: tuple[Tensor, Tensor] | None = None  # the last sample and its log-density
 
     def rsample(self, n_samples: int | None = None, generator: torch.Generator | None = None) -> Tensor:
-        return self.rsample_with_log_prob(n_samples, generator)[0]
+        """Reparameterized z_T: [B, d], or [S, B, d] with n_samples = S."""
+        z0 = self.base.rsample(n_samples, generator)
+        z, log_det = self.flow(z0, self.context)
+        self._drawn = (z, self.base.log_prob(z0) - log_det)  # log q(z_T) = log q(z_0) - log|det|
+        return z
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log q_φ(z|x): z [..., B, d] -> [...]."""
+        if self._drawn is not None and z is self._drawn[0]:
+            return self._drawn[1]
+        z0 = self.flow.inverse(z, self.context)
+        return self.base.log_prob(z0) - self.flow(z0, self.context)[1]
 
     def kl_to_prior(self) -> None:
         """No closed form for a flow: the ELBO estimates the KL by Monte Carlo."""

@@ -8,7 +8,7 @@ The protocol (``VAE``, ``flows.FlowVAE`` and ``conditional.ConditionalVAE`` foll
 
     model.config                         a dataclass; type(model)(model.config) rebuilds the model
     model.conditional                    True when batches carry labels y (a ConditionalVAE)
-    model.posterior(x, y=None)           q_φ(z|x[, y]): rsample, rsample_with_log_prob, kl_to_prior
+    model.posterior(x, y=None)           q_φ(z|x[, y]): rsample, log_prob, kl_to_prior
     model.decoder_output(z, y=None)      the decoder's logits or means [..., C, H, W]
     model.log_likelihood(x, decoded)     log p_θ(x|z), summed over pixels: [..., B]
     model.log_joint(x, z, y=None)        log p_θ(x, z[| y]): [S, B]

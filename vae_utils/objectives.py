@@ -8,8 +8,7 @@ Pure functions on tensors. Conventions (all values in nats):
 * a Gaussian is parameterized by its mean `mu` and log-variance `logvar` (diagonal covariance).
 
 A model is anything with the protocol of ``vu.VAE`` (``FlowVAE`` and ``ConditionalVAE`` follow it too):
-``posterior(x, y=None)`` (q_φ(z|x), a distribution with ``rsample`` / ``rsample_with_log_prob`` /
-``kl_to_prior``), ``decoder_output(z, y=None)``, ``log_likelihood(x, decoded)`` and ``log_joint(x, z, y=None)``.
+``posterior(x, y=None)`` (q_φ(z|x), a distribution with ``rsample``, ``log_prob`` and ``kl_to_prior``), ``decoder_output(z, y=None)``, ``log_likelihood(x, decoded)`` and ``log_joint(x, z, y=None)``.
 A batch is images ``x: [B, C, H, W]``, or an ``(x, y)`` pair with labels ``y: [B]`` for a conditional model.
 The estimators on explicit Gaussians (``elbo_monte_carlo``, ``importance_weighted_bound``) need only
 ``log_joint(x: [B, ...], z: [S, B, d]) -> [S, B]``, so the toy models work with them too.
@@ -159,7 +158,8 @@ def reparameterize(mu: Tensor, logvar: Tensor, n_samples: int | None = None,
 
 
 class GaussianPosterior(NamedTuple):
-    """q = N(mu, diag exp(logvar)) with mu, logvar: [B, d]; what ``VAE.posterior`` returns."""
+    """q = N(mu, diag exp(logvar)) with mu, logvar: [B, d]; what ``VAE.posterior`` returns. Like every
+    posterior of the library it has ``rsample``, ``log_prob`` and ``kl_to_prior``."""
 
     mu: Tensor
     logvar: Tensor
@@ -168,11 +168,9 @@ class GaussianPosterior(NamedTuple):
         """Reparameterized samples: z [B, d], or [S, B, d] with n_samples = S."""
         return reparameterize(self.mu, self.logvar, n_samples, generator)
 
-    def rsample_with_log_prob(self, n_samples: int | None = None,
-                              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """(z [S, B, d], log q(z) [S, B]), reparameterized (or [B, d] and [B] with n_samples None)."""
-        z = self.rsample(n_samples, generator)
-        return z, log_normal_diag(z, self.mu, self.logvar)
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log q(z), summed over the latent dimensions: z [..., B, d] -> [..., B]."""
+        return log_normal_diag(z, self.mu, self.logvar)
 
     def kl_to_prior(self) -> Tensor:
         """KL(q || N(0, I)) in closed form, summed over the latent dimensions: [B]."""
@@ -194,13 +192,11 @@ def estimate_elbo(model, x: Tensor, y: Tensor | None = None, beta: float = 1.0, 
     Returns ELBO with fields [B]; objective = reconstruction - beta * kl. Gradients reach both networks.
     """
     q = model.posterior(x, y)
-    kl = q.kl_to_prior() if analytic_kl else None
-    if kl is None:  # a flow posterior has no closed form
-        z, log_q = q.rsample_with_log_prob(n_samples, generator)  # [S, B, d], [S, B]
-        kl = (log_q - log_standard_normal(z)).mean(0)
-    else:
-        z = q.rsample(n_samples, generator)  # [S, B, d]
+    z = q.rsample(n_samples, generator)  # [S, B, d]
     reconstruction = model.log_likelihood(x, model.decoder_output(z, y)).mean(0)  # [S, B] -> [B]
+    kl = q.kl_to_prior() if analytic_kl else None
+    if kl is None:  # asked for, or a flow posterior, which has no closed form
+        kl = (q.log_prob(z) - log_standard_normal(z)).mean(0)
     return elbo_terms(reconstruction, kl, beta)
 
 
@@ -261,12 +257,12 @@ def iw_objective(k: int) -> Objective:
     def objective(model, batch) -> ELBO:
         x, y = split_batch(batch)
         q = model.posterior(x, y)
-        z, log_q = q.rsample_with_log_prob(k)  # [K, B, d], [K, B]
+        z = q.rsample(k)  # [K, B, d]
         log_px_given_z = model.log_likelihood(x, model.decoder_output(z, y))  # [K, B]
-        log_w = log_px_given_z + log_standard_normal(z) - log_q  # [K, B]
+        log_w = log_px_given_z + log_standard_normal(z) - q.log_prob(z)  # [K, B]
+        bound, reconstruction = torch.logsumexp(log_w, dim=0) - math.log(k), log_px_given_z.mean(0)
         kl = q.kl_to_prior()
-        kl = (log_q - log_standard_normal(z)).mean(0) if kl is None else kl
-        return ELBO(torch.logsumexp(log_w, dim=0) - math.log(k), log_px_given_z.mean(0), kl)
+        return ELBO(bound, reconstruction, (q.log_prob(z) - log_standard_normal(z)).mean(0) if kl is None else kl)
 
     objective.__qualname__ = f"iw_objective(k={k})"
     return objective
@@ -277,15 +273,15 @@ def iw_bound(log_p: Callable[[Tensor], Tensor], q, k: int, chunk_size: int | Non
              generator: torch.Generator | None = None) -> Tensor:
     """log (1/K) sum_k p(x, z_k) / q(z_k), z_k ~ q: the one importance-weighted loop of the library.
 
-    log_p(z: [S, B, d]) -> [S, B], the log joint at x; q: a posterior (``rsample_with_log_prob``). Returns
+    log_p(z: [S, B, d]) -> [S, B], the log joint at x; q: a posterior (``rsample``, ``log_prob``). Returns
     [B] in nats. The K samples are drawn ``chunk_size`` at a time (None: all at once), each chunk reduced
     with logsumexp and the chunks combined with a running logaddexp: memory O(chunk_size * B * d) for any K.
     """
     chunk_size = k if chunk_size is None else chunk_size
     total = None
     for start in range(0, k, chunk_size):
-        z, log_q = q.rsample_with_log_prob(min(chunk_size, k - start), generator)  # [n, B, d], [n, B]
-        chunk = torch.logsumexp(log_p(z) - log_q, dim=0)  # [B]
+        z = q.rsample(min(chunk_size, k - start), generator)  # [n, B, d]
+        chunk = torch.logsumexp(log_p(z) - q.log_prob(z), dim=0)  # [B]
         total = chunk if total is None else torch.logaddexp(total, chunk)
     return total - math.log(k)
 
@@ -299,8 +295,9 @@ def elbo_monte_carlo(log_joint: Callable[[Tensor, Tensor], Tensor], x: Tensor, m
     uses the same samples as ``importance_weighted_bound`` with k = n_samples = 1, and then the two agree.
     """
     check_int("elbo_monte_carlo", "n_samples", n_samples, 1)
-    z, log_q = GaussianPosterior(mu, logvar).rsample_with_log_prob(n_samples, generator)
-    return (log_joint(x, z) - log_q).mean(0)
+    q = GaussianPosterior(mu, logvar)
+    z = q.rsample(n_samples, generator)
+    return (log_joint(x, z) - q.log_prob(z)).mean(0)
 
 
 def importance_weighted_bound(log_joint: Callable[[Tensor, Tensor], Tensor], x: Tensor, mu: Tensor,
