@@ -7,14 +7,8 @@ import pytest
 import torch
 
 import vae_utils as vu
-from vae_utils.conditional import (
-    ConditionalVAE,
-    ConditionalVAEConfig,
-    class_explorer,
-    log_class_posterior,
-    style_explorer,
-    style_transfer,
-)
+from vae_utils.conditional import ConditionalVAE, ConditionalVAEConfig, log_class_posterior, style_transfer
+from vae_utils.widgets import class_explorer, style_explorer
 from vae_utils.objectives import elbo_objective
 
 K = 4  # classes in the small models

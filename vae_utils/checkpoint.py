@@ -10,7 +10,7 @@ A checkpoint is one ``torch.save`` file holding only tensors and plain Python va
      "history": History.to_dict() or None, "train_config": TrainConfig.to_dict() or None,
      "metadata": {...}}   # free-form plain values, e.g. the data set's name
 
-``load_checkpoint`` rebuilds the class the file names (``vae_utils.model.MODEL_CLASSES``). Nothing is lost
+``load_checkpoint`` rebuilds the class the file names (``vae_utils.models.MODEL_CLASSES``). Nothing is lost
 while saving: values ``load_checkpoint`` could not read back are converted before writing (``pathlib.Path``
 -> str, numpy scalars -> Python numbers, ``torch.device`` -> str) or refused up front, naming the key; and
 the file is written atomically (``vae_utils.files``), loaded back with the same checks as
@@ -30,7 +30,8 @@ import torch
 
 from .device import pick_device
 from .files import write_atomically, writable_target
-from .model import MODEL_CLASSES, VAE, model_class
+from .model import VAE
+from .models import MODEL_CLASSES, model_class
 from .train_config import TrainConfig
 from .training import History
 

@@ -29,8 +29,7 @@ from .networks import build_decoder, build_encoder
 from .objectives import GaussianPosterior
 from .validation import check_int, check_labels, check_real
 
-__all__ = ["ConditionalVAEConfig", "ConditionalVAE", "one_hot", "style_transfer", "log_class_posterior",
-           "class_explorer", "style_explorer"]
+__all__ = ["ConditionalVAEConfig", "ConditionalVAE", "one_hot", "style_transfer", "log_class_posterior"]
 
 
 @dataclass
@@ -46,7 +45,6 @@ class ConditionalVAEConfig(VAEConfig):
     ``to_dict`` / ``from_dict`` include both.
     """
 
-    model_name: ClassVar[str] = "ConditionalVAE"
     num_classes: int = 10
     label_scale: float = 5.0
 
@@ -143,75 +141,3 @@ def log_class_posterior(model: ConditionalVAE, x: Tensor, k: int = 100, seed: in
     columns = [estimate_log_likelihood(model, (x, torch.full((n,), label, dtype=torch.long)), k=k, batch_size=100,
                                        seed=seed, progress=False) for label in labels]
     return torch.stack(columns, dim=1).log_softmax(dim=1)
-
-
-# ------------------------------------------------------------------------------------ widgets
-def _png(images: Tensor, scale: int) -> bytes:
-    """Mean images [T, C, H, W] in [0, 1] -> one PNG, the images side by side (1-pixel white gaps)."""
-    from .widgets import image_to_png
-
-    c, h, w = images.shape[1:]
-    row = torch.ones(c, h, images.shape[0] * (w + 1) - 1)
-    for i, image in enumerate(images.detach().cpu().float()):
-        row[:, :, i * (w + 1) : i * (w + 1) + w] = image
-    return image_to_png(row, scale)
-
-
-def class_explorer(model: ConditionalVAE, classes: list[str] | None = None, dims: int = 5,
-                   span: float = 3.0, scale: int = 6):
-    """A widget: class buttons (ToggleButtons), ``dims`` latent sliders (FloatSlider, the other
-    dimensions stay 0) and the decoded mean image of p_θ(x|z, y) (an ipywidgets Image fed PNG bytes).
-
-    Works with ipywidgets 7 and 8 (core widgets only). Returns a VBox with attributes ``buttons``,
-    ``sliders``, ``image`` and ``update()`` (redraws; called on every change).
-    """
-    import ipywidgets as widgets
-
-    classes = classes or [str(k) for k in range(model.num_classes)]
-    dims = min(dims, model.config.latent_dim)
-    buttons = widgets.ToggleButtons(options=[(name, k) for k, name in enumerate(classes)], value=0,
-                                    style={"button_width": "80px"})
-    sliders = [widgets.FloatSlider(value=0.0, min=-span, max=span, step=0.05, description=f"z{i + 1}",
-                                   continuous_update=True, readout_format=".2f") for i in range(dims)]
-    image = widgets.Image(format="png", width=28 * scale, height=28 * scale)
-
-    @torch.no_grad()
-    def update(_=None):
-        z = torch.zeros(1, model.config.latent_dim, device=model.device)
-        z[0, :dims] = torch.tensor([s.value for s in sliders])
-        image.value = _png(model.mean_image(model.decode(z, [buttons.value])), scale)
-
-    for control in [buttons, *sliders]:
-        control.observe(update, names="value")
-    update()
-    box = widgets.VBox([buttons, widgets.HBox([widgets.VBox(sliders), image])])
-    box.buttons, box.sliders, box.image, box.update = buttons, sliders, image, update
-    return box
-
-
-def style_explorer(model: ConditionalVAE, x: Tensor, y: Any, classes: list[str] | None = None, scale: int = 3):
-    """A widget: pick one of the images x [B, C, H, W] (labels y [B]) with a Dropdown; shows it and its
-    code (the posterior mean of q_φ(z|x, y)) decoded with each of the K labels (``style_transfer``).
-
-    Returns a VBox with attributes ``picker``, ``image`` and ``update()``.
-    """
-    import ipywidgets as widgets
-
-    classes = classes or [str(k) for k in range(model.num_classes)]
-    rows = style_transfer(model, x, y)  # [B, K, C, H, W]
-    labels = check_labels(y, model.num_classes, (x.shape[0],), model.device, "style_explorer").tolist()
-    picker = widgets.Dropdown(options=[(f"test image {i} ({classes[c]})", i) for i, c in enumerate(labels)],
-                              value=0, description="image")
-    image = widgets.Image(format="png")
-    caption = widgets.HTML()
-
-    def update(_=None):
-        i = picker.value
-        image.value = _png(torch.cat([x[i : i + 1].cpu(), torch.ones_like(x[i : i + 1].cpu()), rows[i].cpu()]), scale)
-        caption.value = "input, gap, then decoded as: " + ", ".join(classes)
-
-    picker.observe(update, names="value")
-    update()
-    box = widgets.VBox([picker, image, caption])
-    box.picker, box.image, box.update = picker, image, update
-    return box

@@ -218,7 +218,6 @@ class FlowVAEConfig(VAEConfig):
     """A ``VAEConfig`` plus ``flow``, the ``FlowConfig`` of the steps after the Gaussian encoder (a dict
     from ``to_dict`` is turned back into one). Every other field means what it means for ``VAEConfig``."""
 
-    model_name: ClassVar[str] = "FlowVAE"
     flow: FlowConfig = field(default_factory=FlowConfig)
 
     def __post_init__(self) -> None:

@@ -19,7 +19,6 @@ These are the math and check nothing. The methods for people -- ``encode``, ``de
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, NamedTuple
@@ -32,27 +31,11 @@ from .objectives import (GaussianPosterior, bernoulli_log_likelihood, gaussian_l
                          reparameterize, standard_normal)
 from .validation import check_int, check_latents, check_model_inputs, check_real, is_int, model_labels
 
-__all__ = ["VAEConfig", "VAEOutput", "VAE", "MODEL_CLASSES", "model_class", "build_model"]
+__all__ = ["VAEConfig", "VAEOutput", "VAE"]
 
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
 DEFAULT_HIDDEN_DIMS = {"mlp": (400,), "conv": (32, 64)}
-
-# The models a checkpoint or a config may name, and the module of each (extensions are imported on first use).
-MODEL_CLASSES = {"VAE": "vae_utils.model", "FlowVAE": "vae_utils.flows", "ConditionalVAE": "vae_utils.conditional"}
-
-
-def model_class(name: str) -> type:
-    """The model class called ``name`` (a key of ``MODEL_CLASSES``)."""
-    if name not in MODEL_CLASSES:
-        raise ValueError(f"unknown model class {name!r}; vae_utils has {sorted(MODEL_CLASSES)}")
-    return getattr(importlib.import_module(MODEL_CLASSES[name]), name)
-
-
-def build_model(config: VAEConfig) -> VAE:
-    """A new model for ``config``: a VAE, FlowVAE or ConditionalVAE, as the config's class says."""
-    return model_class(config.model_name)(config)
-
 
 @dataclass
 class VAEConfig:
@@ -71,8 +54,6 @@ class VAEConfig:
         does not disturb the global random stream): the same config gives the same weights.
         None draws them from the global RNG (``torch.manual_seed`` decides).
     """
-
-    model_name: ClassVar[str] = "VAE"
 
     latent_dim: int = 20
     architecture: str = "mlp"
@@ -157,7 +138,7 @@ class VAE(nn.Module):
         if type(config) is not self.config_class:
             kind = type(config).__name__
             fix = f" for a dict write {type(self).__name__}({self.config_class.__name__}.from_dict(d))" if isinstance(
-                config, dict) else " (vu.model.build_model(config) builds the model a config is for)"
+                config, dict) else " (vu.models.build_model(config) builds the model a config is for)"
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, not {kind};{fix}")
         self.config = config
         with torch.random.fork_rng(devices=[], enabled=config.seed is not None):

@@ -19,7 +19,8 @@ import torch
 
 from .checkpoint import Checkpoint, CheckpointError, data_key, load_checkpoint, save_checkpoint
 from .device import pick_device
-from .model import VAEConfig, build_model
+from .model import VAEConfig
+from .models import build_model
 from .train_config import TrainConfig
 from .training import FitResult, History, default_optimizer, fit
 
