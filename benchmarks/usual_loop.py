@@ -4,19 +4,22 @@ Per epoch, as the example does: train (torchvision FashionMNIST + ToTensor + Dat
 batch), the test loss over the test set, and a PNG of 64 decoded prior samples. The model, loss, loader
 and training epoch are `run.py`'s copies of the example's. Prints the test loss per epoch.
 
-    .venv/bin/python benchmarks/usual_loop.py --epochs 10 --out /tmp/usual
+    .venv/bin/python benchmarks/usual_loop.py --epochs 10 --out /tmp/usual   # from any folder
+    .venv/bin/python -m benchmarks.usual_loop --epochs 10 --out /tmp/usual  # from the repository root
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from run import (LR, ExampleVAE, example_loader, example_loss_function, example_train_epoch,
-                 torchvision_fashion_mnist)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run.py beside it, from any folder or as -m
+from run import (LR, ExampleVAE, example_loader, example_loss_function,  # noqa: E402
+                 example_train_epoch, torchvision_fashion_mnist)
 
 
 @torch.no_grad()

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-import vae_utils.model as model_module
 from vae_utils.data import ImageDataset, load_dataset, read_idx
-from vae_utils.model import VAE, VAEConfig, check_images, mark_checked
-from vae_utils.objectives import vae_elbo
+from vae_utils.model import VAE, VAEConfig
+from vae_utils.objectives import elbo_objective, vae_elbo
+from vae_utils.validation import check_images
 from vae_utils.widgets import interpolate_codes, interpolation_explorer, latent_explorer
 
 CONFIG = VAEConfig(latent_dim=3, hidden_dims=(16,))
@@ -161,30 +161,39 @@ def test_the_checks_let_good_images_through_unchanged():
     check_images(rand(1, 3, 8, 8), (3, 8, 8))
 
 
-def test_training_batches_skip_the_value_check(monkeypatch):
-    """Batches from ImageDataset.batches are marked, so encode does no reduction or host sync for them;
-    anything else is checked, once per call."""
-    calls = []
-    real = model_module._value_problem
-    monkeypatch.setattr(model_module, "_value_problem", lambda x, caller: calls.append(caller) or real(x, caller))
+def count_value_checks(monkeypatch) -> list:
+    """The shapes of the tensors whose values get checked: the check is one torch.aminmax over the images."""
+    calls, real = [], torch.aminmax
+    monkeypatch.setattr(torch, "aminmax", lambda x, **kw: calls.append(tuple(x.shape)) or real(x, **kw))
+    return calls
+
+
+def test_values_are_checked_where_images_come_in_never_in_the_training_math(monkeypatch):
+    """encode and vae_elbo check the values of the images they are given (one reduction each); the
+    objectives the loops call on ImageDataset batches (in [0, 1] by construction) check nothing."""
+    calls = count_value_checks(monkeypatch)
     data = dataset(20)
     for binarize in (False, True):
         for x in data.batches(8, binarize=binarize):
-            vae_elbo(MODEL, x)
+            elbo_objective()(MODEL, x)
     assert calls == []
-    MODEL.encode(data.float_images())  # not marked: checked
-    MODEL.encode(next(iter(data.batches(8))) * 1.0)  # computed from a marked batch: a new tensor, checked
-    assert calls == ["VAE.encode", "VAE.encode"]
-    assert mark_checked(rand(2, 1, 28, 28) * 255) is not None  # the mark is the caller's promise; not verified
+    MODEL.encode(data.float_images())
+    vae_elbo(MODEL, next(iter(data.batches(8))))
+    assert calls == [(20, 1, 28, 28), (8, 1, 28, 28)]
 
 
-def test_fit_does_not_check_values_per_step(monkeypatch):
-    from vae_utils.training import TrainConfig, fit
+def test_fit_and_the_evaluators_do_not_check_values_per_batch(monkeypatch):
+    from vae_utils.evaluation import estimate_log_likelihood, evaluate_elbo
+    from vae_utils.train_config import TrainConfig
+    from vae_utils.training import fit
 
-    calls = []
-    monkeypatch.setattr(model_module, "_value_problem", lambda x, caller: calls.append(caller))
+    calls = count_value_checks(monkeypatch)
     fit(VAE(CONFIG), dataset(32), dataset(8), TrainConfig(epochs=2, batch_size=8, device="cpu"), progress=False)
+    evaluate_elbo(MODEL, dataset(32), batch_size=8)
+    estimate_log_likelihood(MODEL, dataset(32), k=4, batch_size=8, progress=False)
     assert calls == []
+    evaluate_elbo(MODEL, dataset(32).float_images(), batch_size=8)  # a tensor: checked once, whole
+    assert calls == [(32, 1, 28, 28)]
 
 
 def test_widgets_take_uint8_pixels_as_gray_levels():
@@ -218,9 +227,9 @@ def test_training_steps_on_cuda_never_wait_for_the_device():
     torch.cuda.set_sync_debug_mode("error")  # any synchronizing CUDA call raises
     try:
         for x in batches:
-            vae_elbo(model, x).objective.sum().backward()  # marked batches: no value check, no sync
-        with pytest.raises(RuntimeError, match="synchroniz"):  # the control: an unmarked batch is checked
-            vae_elbo(model, batches[0] * 1.0)
+            elbo_objective()(model, x).objective.sum().backward()  # the training math: no check, no sync
+        with pytest.raises(RuntimeError, match="synchroniz"):  # the control: vae_elbo checks what it is given
+            vae_elbo(model, batches[0])
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

@@ -19,12 +19,14 @@ import pytest
 import torch
 
 import vae_utils.checkpoint as checkpoint_module
+import vae_utils.files as files_module
 import vae_utils.runs as runs_module
 from vae_utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vae_utils.data import ImageDataset
 from vae_utils.model import VAE, VAEConfig
 from vae_utils.runs import load_or_train
-from vae_utils.training import FitResult, History, TrainConfig, fit
+from vae_utils.train_config import TrainConfig
+from vae_utils.training import FitResult, History, fit
 
 CONFIG = VAEConfig(latent_dim=3, hidden_dims=(16,))
 
@@ -82,7 +84,7 @@ def test_model_only_checkpoint(tmp_path):
     assert loaded.history is None and loaded.train_config is None and loaded.optimizer_state is None
     for a, b in zip(model.state_dict().values(), loaded.model.state_dict().values()):
         assert torch.equal(a, b)
-    with pytest.raises(TypeError, match="VAEConfig"):
+    with pytest.raises(TypeError, match="save_checkpoint needs a vae_utils model .*got Linear"):
         save_checkpoint(tmp_path / "x.pt", torch.nn.Linear(2, 2))
 
 
@@ -142,7 +144,7 @@ def test_weights_that_do_not_fit_the_config(tmp_path):
     payload = torch.load(save_checkpoint(tmp_path / "m2.pt", VAE(CONFIG)), weights_only=True)
     payload["model_config"]["architecture"] = "transformer"
     torch.save(payload, path)
-    with pytest.raises(CheckpointError, match="invalid model_config"):
+    with pytest.raises(CheckpointError, match="invalid VAE config"):
         load_checkpoint(path)
 
 
@@ -336,11 +338,11 @@ def test_torchs_inline_container_error_on_a_nearly_full_disk_is_named(tmp_path, 
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
 
     monkeypatch.setattr(checkpoint_module.torch, "save", failing_save)
-    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**9, 10**9 - 2**14, 2**14))
+    monkeypatch.setattr(files_module.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**9, 10**9 - 2**14, 2**14))
     with pytest.raises(OSError, match=r"No space left on device while writing .*m\.pt \(needed about \d+ KB; 16 KB free"):
         save_checkpoint(tmp_path / "m.pt", VAE(CONFIG))
     # The same error with plenty of space is not called a full disk.
-    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**12, 0, 10**12))
+    monkeypatch.setattr(files_module.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**12, 0, 10**12))
     with pytest.raises(RuntimeError, match="inline_container"):
         save_checkpoint(tmp_path / "m.pt", VAE(CONFIG))
     assert _leftovers(tmp_path) == []
@@ -369,7 +371,7 @@ def test_a_read_only_folder_names_the_folder_and_the_fix(tmp_path, monkeypatch):
         finally:
             folder.chmod(0o755)
     real_access = os.access
-    monkeypatch.setattr(checkpoint_module.os, "access", lambda p, mode: False if Path(p) == folder else real_access(p, mode))
+    monkeypatch.setattr(files_module.os, "access", lambda p, mode: False if Path(p) == folder else real_access(p, mode))
     with pytest.raises(PermissionError, match=f"the folder {folder} is not writable.*chmod u\\+w"):
         save_checkpoint(folder / "m.pt", VAE(CONFIG))
     assert list(folder.iterdir()) == []
@@ -414,18 +416,17 @@ def test_an_optimizer_of_another_model_is_refused_when_saving_and_loading(tmp_pa
 def test_stale_temp_files_are_removed_by_the_next_save(tmp_path):
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(finished.stdout)
-    host = checkpoint_module._host_tag()
+    host = files_module.host_tag()
     dead = tmp_path / f".m.pt.saving-{host}-{dead_pid}-0123abcd.tmp"
     alive = tmp_path / f".m.pt.saving-{host}-{os.getppid()}-0123abcd.tmp"  # a save still running elsewhere
     old_alive = tmp_path / f".x.pt.saving-{host}-{os.getppid()}-89abcdef.tmp"
     other_host = tmp_path / f".m.pt.saving-ffffff-{dead_pid}-0123abcd.tmp"  # cannot tell: kept until old
     save_checkpoint(tmp_path / "m.pt", VAE(CONFIG))
-    legacy = tmp_path / ".m.pt.k2j_x9ab.tmp"  # vae_utils 0.1 (tempfile.mkstemp), next to its m.pt
-    unrelated = tmp_path / ".notes.txt.k2j_x9ab.tmp"  # no notes.txt next to it: not ours
-    for file in (dead, alive, old_alive, other_host, legacy, unrelated):
+    unrelated = tmp_path / ".m.pt.k2j_x9ab.tmp"  # not a name save_checkpoint writes: never touched, even when old
+    for file in (dead, alive, old_alive, other_host, unrelated):
         file.write_bytes(b"PK partial")
-    hour_ago = time.time() - 2 * checkpoint_module.STALE_TEMP_SECONDS
-    for file in (old_alive, legacy, unrelated):
+    hour_ago = time.time() - 2 * files_module.STALE_TEMP_SECONDS
+    for file in (old_alive, unrelated):
         os.utime(file, (hour_ago, hour_ago))
     save_checkpoint(tmp_path / "m.pt", VAE(CONFIG))
     assert _leftovers(tmp_path) == sorted(p.name for p in (alive, other_host, unrelated))

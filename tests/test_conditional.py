@@ -1,5 +1,5 @@
-"""The conditional VAE (vae_utils.conditional): shapes, the ELBO by hand, the label's effect,
-labelled batches, training through vu.train_epoch, checkpoints, widgets and bad inputs."""
+"""The conditional VAE (vae_utils.conditional): shapes, the ELBO by hand, the label's effect, batches with
+labels, training through vu.train_epoch and vu.fit, the one checkpoint format, widgets and bad inputs."""
 
 import math
 
@@ -7,23 +7,9 @@ import pytest
 import torch
 
 import vae_utils as vu
-from vae_utils.conditional import (
-    ConditionalVAE,
-    ConditionalVAEConfig,
-    class_explorer,
-    conditional_elbo,
-    conditional_objective,
-    estimate_conditional_log_likelihood,
-    evaluate_conditional_elbo,
-    fit_conditional,
-    labelled_batches,
-    load_conditional,
-    load_or_train_conditional,
-    log_class_posterior,
-    save_conditional,
-    style_explorer,
-    style_transfer,
-)
+from vae_utils.conditional import ConditionalVAE, ConditionalVAEConfig, log_class_posterior, style_transfer
+from vae_utils.widgets import class_explorer, style_explorer
+from vae_utils.objectives import elbo_objective
 
 K = 4  # classes in the small models
 
@@ -61,7 +47,7 @@ def test_shapes(architecture):
     assert model.decode(z, y).shape == (7, 5, 1, 8, 8)
     assert model.decode(z[0], y).shape == (5, 1, 8, 8)
     assert model.decode(z[0, 0], 2).shape == (1, 8, 8)
-    assert model.log_joint(x, y, z).shape == (7, 5)
+    assert model.log_joint(x, z, y).shape == (7, 5)
     out = model(x, y)
     assert out.decoded.shape == (5, 1, 8, 8) and out.z.shape == (5, 3)
     assert model.reconstruct(x, y).shape == (5, 1, 8, 8)
@@ -86,15 +72,15 @@ def test_elbo_equals_hand_computation():
     model = small()
     x, y = batch(3)
     x = torch.bernoulli(x, generator=torch.Generator().manual_seed(2))
-    terms = conditional_elbo(model, x, y, generator=torch.Generator().manual_seed(3))
+    terms = vu.vae_elbo(model, x, y=y, generator=torch.Generator().manual_seed(3))
 
     onehot = torch.zeros(3, K)
     onehot[torch.arange(3), y] = model.config.label_scale
-    h = model.encoder.net.trunk(torch.cat([x.reshape(3, -1), onehot], 1))
-    mu, logvar = model.encoder.net.mu_head(h), model.encoder.net.logvar_head(h)
+    h = model.encoder.trunk(torch.cat([x.reshape(3, -1), onehot], 1))
+    mu, logvar = model.encoder.mu_head(h), model.encoder.logvar_head(h)
     eps = torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(3))[0]
     z = mu + torch.exp(0.5 * logvar) * eps
-    p = torch.sigmoid(model.decoder.net(torch.cat([z, onehot], 1))).reshape(3, -1)
+    p = torch.sigmoid(model.decoder(torch.cat([z, onehot], 1))).reshape(3, -1)
     reconstruction = (x.reshape(3, -1) * p.log() + (1 - x.reshape(3, -1)) * (1 - p).log()).sum(1)
     kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
     torch.testing.assert_close(terms.reconstruction, reconstruction, rtol=1e-5, atol=1e-4)
@@ -106,13 +92,13 @@ def test_iw_bound_with_k1_is_the_elbo_and_rises_with_k():
     model = small()
     data = toy_data(16).binarized(0)
     x, y = data.float_images(), data.labels
-    elbo = evaluate_conditional_elbo(model, (x, y))["elbo"]
-    one = estimate_conditional_log_likelihood(model, (x, y), k=1, progress=False, seed=0)
+    elbo = vu.evaluate_elbo(model, (x, y))["elbo"]
+    one = vu.estimate_log_likelihood(model, (x, y), k=1, progress=False, seed=0)
     assert one.mean().item() == pytest.approx(elbo, abs=3.0)  # one sample each: noisy, same expectation
-    many = estimate_conditional_log_likelihood(model, (x, y), k=200, progress=False)
+    many = vu.estimate_log_likelihood(model, (x, y), k=200, progress=False)
     assert many.shape == (16,)
     assert many.mean() > elbo
-    from_dataset = estimate_conditional_log_likelihood(model, toy_data(16), k=200, progress=False)
+    from_dataset = vu.estimate_log_likelihood(model, toy_data(16), k=200, progress=False)
     torch.testing.assert_close(from_dataset, many)  # the data set is binarized with the same seed
 
 
@@ -156,66 +142,61 @@ def test_style_transfer_decodes_the_code_with_every_label():
     torch.testing.assert_close(rows[0, int(y[0])], model.reconstruct(x, y)[0])
 
 
-def test_labelled_batches_match_image_dataset_batches():
+def test_batches_with_labels_match_the_batches_without():
     data = toy_data(25)
-    pairs = list(labelled_batches(data, 10, generator=torch.Generator().manual_seed(4), binarize=True))
+    pairs = list(data.batches(10, generator=torch.Generator().manual_seed(4), binarize=True, labels=True))
     plain = list(data.batches(10, generator=torch.Generator().manual_seed(4), binarize=True))
     assert [x.shape[0] for x, _ in pairs] == [10, 10, 5]
     for (x, y), x_plain in zip(pairs, plain):
         assert torch.equal(x, x_plain)
-    x_all, y_all = torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
+    y_all = torch.cat([y for _, y in pairs])
     assert sorted(y_all.tolist()) == sorted(data.labels.tolist())
     # each label belongs to its image: find every gray image back in the unshuffled data
-    gray = list(labelled_batches(data, 10, generator=torch.Generator().manual_seed(4)))
-    for x, y in gray:
+    for x, y in data.batches(10, generator=torch.Generator().manual_seed(4), labels=True):
         for image, label in zip(x, y):
             index = (data.float_images() == image).flatten(1).all(1).nonzero()[0, 0]
             assert data.labels[index] == label
-    ordered = list(labelled_batches(data, 10, shuffle=False))
+    ordered = list(data.batches(10, shuffle=False, labels=True))
     assert torch.equal(torch.cat([y for _, y in ordered]), data.labels)
 
 
-def test_train_epoch_on_labelled_batches_raises_the_elbo():
+def test_train_epoch_on_batches_with_labels_raises_the_elbo():
     torch.manual_seed(0)
     model, data = small(), toy_data(64)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    before = evaluate_conditional_elbo(model, data)["elbo"]
+    before = vu.evaluate_elbo(model, data)["elbo"]
     for _ in range(15):
-        sums = vu.train_epoch(model, labelled_batches(data, 16, binarize=True), optimizer, conditional_objective())
+        sums = vu.train_epoch(model, data.batches(16, binarize=True, labels=True), optimizer, elbo_objective())
     assert sums["n"].item() == 64
-    assert evaluate_conditional_elbo(model, data)["elbo"] > before + 10
+    assert vu.evaluate_elbo(model, data)["elbo"] > before + 10
 
 
-def test_fit_checkpoint_round_trip(tmp_path):
+def test_fit_load_or_train_and_the_checkpoint_serve_a_conditional_vae(tmp_path):
     data = toy_data(32)
     config = vu.TrainConfig(epochs=2, batch_size=8, device="cpu")
-    result = fit_conditional(small(), data, data, config, progress=False)
+    result = vu.fit(small(), data, data, config, progress=False)
     assert len(result.history) == 2 and result.history.test_elbo[-1] is not None
-    path = save_conditional(tmp_path / "c.pt", result.model, result.history, config, train_data=data)
-    loaded = load_conditional(path, "cpu")
+    path = vu.save_checkpoint(tmp_path / "c.pt", result.model, result.optimizer, result.history, config,
+                              train_data=data)
+    loaded = vu.load_checkpoint(path, "cpu")
     assert isinstance(loaded.model, ConditionalVAE) and loaded.model.config == result.model.config
     for key, value in result.model.state_dict().items():
         assert torch.equal(value, loaded.model.state_dict()[key])
     assert loaded.history.to_dict() == result.history.to_dict() and loaded.train_config == config
-    # load_or_train_conditional reuses it for the same run, retrains for another
-    again = load_or_train_conditional(path, result.model.config, config, data, progress=False)
-    assert again.history.seconds == result.history.seconds
-    other = load_or_train_conditional(path, result.model.config, vu.TrainConfig(epochs=1, batch_size=8, device="cpu"),
-                                      data, progress=False)
-    assert len(other.history) == 1 and len(load_conditional(path).history) == 1
+    # load_or_train reuses it for the same run, retrains for another
+    again = vu.load_or_train(path, result.model.config, config, data, progress=False)
+    assert isinstance(again.model, ConditionalVAE) and again.history.seconds == result.history.seconds
+    other = vu.load_or_train(path, result.model.config, vu.TrainConfig(epochs=1, batch_size=8, device="cpu"), data,
+                             progress=False)
+    assert len(other.history) == 1 and len(vu.load_checkpoint(path).history) == 1
 
 
-def test_checkpoint_errors(tmp_path):
-    with pytest.raises(vu.CheckpointError, match="No conditional checkpoint"):
-        load_conditional(tmp_path / "missing.pt")
-    plain = vu.save_checkpoint(tmp_path / "plain.pt", vu.VAE(vu.VAEConfig(latent_dim=2, hidden_dims=(8,))))
-    with pytest.raises(vu.CheckpointError, match="vu.load_checkpoint"):
-        load_conditional(plain)
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(vu.CheckpointError, match="Cannot read"):
-        load_conditional(tmp_path / "junk.pt")
-    with pytest.raises(TypeError, match="vu.save_checkpoint"):
-        save_conditional(tmp_path / "x.pt", vu.VAE())
+def test_fit_trains_a_conditional_vae_on_the_iw_objective_and_with_a_warm_up():
+    data = toy_data(32)
+    for config in (vu.TrainConfig(epochs=2, batch_size=8, objective="iw", k=3, device="cpu"),
+                   vu.TrainConfig(epochs=2, batch_size=8, kl_warmup_epochs=1, device="cpu")):
+        history = vu.fit(small(), data, data, config, progress=False).history
+        assert len(history) == 2 and all(math.isfinite(v) for v in history.train_objective)
 
 
 def test_widgets_redraw():
@@ -271,13 +252,17 @@ def test_bad_inputs():
         ConditionalVAEConfig(num_classes=1)
     with pytest.raises(TypeError, match="ConditionalVAEConfig"):
         ConditionalVAE(vu.VAEConfig())
-    with pytest.raises(TypeError, match="labelled_batches"):
-        vu.train_epoch(model, [x], torch.optim.Adam(model.parameters()), conditional_objective())
-    with pytest.raises(ValueError, match="objective='elbo'"):
-        fit_conditional(model, toy_data(), config=vu.TrainConfig(objective="iw", k=5))
+    with pytest.raises(TypeError, match="needs the labels"):
+        vu.vae_elbo(model, x)
+    with pytest.raises(TypeError, match="needs the labels"):
+        vu.evaluate_elbo(model, x)
+    with pytest.raises(TypeError, match="takes no labels"):
+        vu.vae_elbo(vu.VAE(vu.VAEConfig(latent_dim=3, hidden_dims=(16,), image_shape=(1, 8, 8))), x, y=y)
+    with pytest.raises(ValueError, match="num_classes=4"):
+        vu.fit(model, vu.ImageDataset(toy_data().images, torch.full((24,), 7), [], "x"), progress=False)
     with pytest.raises(ValueError, match="k"):
-        estimate_conditional_log_likelihood(model, (x, y), k=0)
-    assert math.isfinite(evaluate_conditional_elbo(model, (x, y))["elbo"])
+        vu.estimate_log_likelihood(model, (x, y), k=0)
+    assert math.isfinite(vu.evaluate_elbo(model, (x, y))["elbo"])
 
 
 def test_log_class_posterior_is_bayes_rule():
@@ -287,7 +272,7 @@ def test_log_class_posterior_is_bayes_rule():
     log_post = log_class_posterior(model, x, k=20, progress=False)
     assert log_post.shape == (6, K)
     torch.testing.assert_close(log_post.exp().sum(1), torch.ones(6))
-    columns = [estimate_conditional_log_likelihood(model, (x, torch.full((6,), c)), k=20, progress=False) for c in range(K)]
+    columns = [vu.estimate_log_likelihood(model, (x, torch.full((6,), c)), k=20, progress=False) for c in range(K)]
     by_hand = torch.stack(columns, 1)
     torch.testing.assert_close(log_post, by_hand - by_hand.logsumexp(1, keepdim=True))
 
@@ -295,8 +280,8 @@ def test_log_class_posterior_is_bayes_rule():
 def test_trained_model_classifies_by_bayes_rule():
     torch.manual_seed(0)
     data = toy_data(64)
-    result = fit_conditional(small(), data, config=vu.TrainConfig(epochs=30, batch_size=16, lr=1e-2, device="cpu"),
-                             progress=False)
+    result = vu.fit(small(), data, config=vu.TrainConfig(epochs=30, batch_size=16, lr=1e-2, device="cpu"),
+                    progress=False)
     test = toy_data(32, seed=9).binarized(0)
     predicted = log_class_posterior(result.model, test.float_images(), k=20, progress=False).argmax(1)
     assert (predicted == test.labels).float().mean() > 0.9  # the classes differ in which rows are bright
@@ -307,12 +292,14 @@ def test_trained_model_classifies_by_bayes_rule():
 def test_on_cuda():
     model, data = small().cuda(), toy_data(32).to("cuda")
     optimizer = torch.optim.Adam(model.parameters())
-    batches = labelled_batches(data, 8, generator=torch.Generator().manual_seed(0), binarize=True)  # a CPU generator
-    sums = vu.train_epoch(model, batches, optimizer, conditional_objective())
+    batches = data.batches(8, generator=torch.Generator().manual_seed(0), binarize=True, labels=True)  # a CPU generator
+    sums = vu.train_epoch(model, batches, optimizer, elbo_objective())
     assert sums["n"].device.type == "cuda" and sums["n"].item() == 32
     assert model.sample(4, [0, 1, 2, 3]).device.type == "cuda"
     x, y = data.float_images()[:3], data.labels[:3]
     assert style_transfer(model, x, y).shape == (3, K, 1, 8, 8)
-    assert estimate_conditional_log_likelihood(model, data, k=5, progress=False).device.type == "cpu"
+    assert vu.estimate_log_likelihood(model, data, k=5, progress=False).device.type == "cpu"
+    assert len(vu.fit(small(), toy_data(32), config=vu.TrainConfig(epochs=1, batch_size=8, device="cuda"),
+                      progress=False).history) == 1  # its step replayed from a CUDA graph, labels included
     assert log_class_posterior(model, x, k=5, progress=False).shape == (3, K)
     class_explorer(model).buttons.value = 1

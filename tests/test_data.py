@@ -401,8 +401,8 @@ def test_a_data_folder_without_read_permission_names_the_folder(no_default_data,
     # As this process sees a folder it may not search: nothing can be found in it, and access says no.
     empty = tmp_path / "empty_locked"
     empty.mkdir()
-    real = data_module._readable
-    monkeypatch.setattr(data_module, "_readable", lambda path, folder=False: path != empty and real(path, folder))
+    real = os.access  # as a user without the permission sees it (root may read everything)
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != empty and real(path, mode, **kw))
     with pytest.raises(PermissionError) as info:
         load_dataset("mnist", root=empty, download=False)
     assert f"Cannot look inside the folder {empty}: permission denied" in str(info.value)
@@ -412,8 +412,8 @@ def test_a_data_folder_without_read_permission_names_the_folder(no_default_data,
 def test_an_unreadable_idx_file_names_the_file(no_default_data, tmp_path, monkeypatch):
     write_dataset(tmp_path / "data", gz=False)
     images = (tmp_path / "data" / "train-images-idx3-ubyte").resolve()
-    real = data_module._readable
-    monkeypatch.setattr(data_module, "_readable", lambda path, folder=False: path != images and real(path, folder))
+    real = os.access  # as a user without the permission sees it (root may read everything)
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != images and real(path, mode, **kw))
     for call in (lambda: read_idx(images), lambda: load_dataset("mnist", root=tmp_path / "data", download=False)):
         with pytest.raises(PermissionError, match=f"Cannot read {images}: permission denied.*chmod a\\+r"):
             call()

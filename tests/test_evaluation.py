@@ -10,7 +10,7 @@ import vae_utils.evaluation as evaluation
 from vae_utils.data import ImageDataset
 from vae_utils.evaluation import estimate_log_likelihood
 from vae_utils.model import VAE, VAEConfig
-from vae_utils.evaluation import evaluate_elbo, image_batches
+from vae_utils.evaluation import eval_batches, evaluate_elbo
 
 # Small enough that every sampled pixel lies in [0, 1], which VAE.encode requires; the posterior's shape
 # depends only on SCALES / SIGMA (4 and 2).
@@ -100,13 +100,13 @@ def test_dataset_input_is_binarized_with_the_fixed_seed():
 
 def test_memory_stays_bounded_for_large_k(monkeypatch):
     seen = []
-    real = evaluation.importance_weighted_bound
+    real = evaluation.iw_bound
 
-    def spy(log_joint, x, mu, logvar, k, chunk_size=None, generator=None):
-        seen.append((x.shape[0], chunk_size, k))
-        return real(log_joint, x, mu, logvar, 2, chunk_size=2, generator=generator)  # cheap stand-in
+    def spy(log_p, q, k, chunk_size=None, generator=None):
+        seen.append((q.mu.shape[0], chunk_size, k))
+        return real(log_p, q, 2, chunk_size=2, generator=generator)  # cheap stand-in
 
-    monkeypatch.setattr(evaluation, "importance_weighted_bound", spy)
+    monkeypatch.setattr(evaluation, "iw_bound", spy)
     model = VAE(VAEConfig(latent_dim=4, hidden_dims=(32,)))
     estimate_log_likelihood(model, torch.rand(250, 1, 28, 28), k=5000, progress=False)
     assert [b for b, _, _ in seen] == [100, 100, 50]
@@ -118,7 +118,7 @@ def test_bad_arguments():
     model = VAE(VAEConfig(latent_dim=2, hidden_dims=(8,)))
     with pytest.raises(ValueError, match="k"):
         estimate_log_likelihood(model, torch.rand(2, 1, 28, 28), k=0, progress=False)
-    with pytest.raises(TypeError, match="ImageDataset or an image tensor"):
+    with pytest.raises(TypeError, match="ImageDataset, images .* or an \\(images, labels\\) pair"):
         estimate_log_likelihood(model, [1, 2, 3], progress=False)
     with pytest.raises(ValueError, match="k .*must be an int >= 1, got True"):
         estimate_log_likelihood(model, torch.rand(2, 1, 28, 28), k=True, progress=False)
@@ -146,32 +146,32 @@ def test_a_huge_k_is_refused_with_an_estimate_of_the_time(monkeypatch):
 
     seen = []
 
-    def cheap(log_joint, x, mu, logvar, k, chunk_size=None, generator=None):
+    def cheap(log_p, q, k, chunk_size=None, generator=None):
         seen.append(k)
-        return torch.zeros(x.shape[0])
+        return torch.zeros(q.mu.shape[0])
 
-    monkeypatch.setattr(evaluation, "importance_weighted_bound", cheap)
+    monkeypatch.setattr(evaluation, "iw_bound", cheap)
     assert estimate_log_likelihood(model, x, k=10**9, progress=False, allow_long=True).shape == (10,)
     assert seen and set(seen) == {10**9}
 
 
-def test_both_evaluations_batch_through_image_batches(monkeypatch):
+def test_both_evaluations_batch_through_eval_batches(monkeypatch):
     model = VAE(VAEConfig(latent_dim=2, hidden_dims=(8,)))
     g = torch.Generator().manual_seed(0)
     data = ImageDataset(torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=g),
                         torch.zeros(5, dtype=torch.long), ["a"], "random")
-    from_data = torch.cat(list(image_batches(data, 2, "cpu", binarize_seed=3)))
-    from_tensor = torch.cat(list(image_batches(data.binarized(3).images, 2, "cpu")))
+    from_data = torch.cat(list(eval_batches(model, data, 2, binarize_seed=3)))
+    from_tensor = torch.cat(list(eval_batches(model, data.binarized(3).images, 2)))
     assert torch.equal(from_data, from_tensor) and from_data.dtype == torch.float32
 
     calls = []
-    real = evaluation.image_batches
+    real = evaluation.eval_batches
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get("binarize_seed", args[3] if len(args) > 3 else None))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "image_batches", spy)
+    monkeypatch.setattr(evaluation, "eval_batches", spy)
     evaluate_elbo(model, data)
     estimate_log_likelihood(model, data, k=2, progress=False)
     assert calls == [evaluation.EVAL_BINARIZE_SEED] * 2

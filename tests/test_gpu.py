@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from vae_utils import cuda_graphs
-from vae_utils.cuda_graphs import GraphedSteps
+from vae_utils.cuda_graphs import GraphedStep
 from vae_utils.device import pick_device, seed_everything
 from vae_utils.model import VAE, VAEConfig
 from vae_utils.objectives import importance_weighted_bound, negative_elbo_loss, vae_elbo
-from vae_utils.training import TrainConfig, TrainingDivergedError, fit
+from vae_utils.train_config import TrainConfig
+from vae_utils.training import TrainingDivergedError, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # test_training, whatever pytest's import mode
 from test_training import pattern_dataset as stripes  # noqa: E402  (four learnable stripe patterns)
@@ -115,12 +116,12 @@ def test_iw_bound_runs_on_cuda_and_matches_cpu(exact_float32):
 
 
 # ---------------------------------------------------------------------------- CUDA graphs in fit
-class CountingGraphedSteps(GraphedSteps):
+class CountingGraphedStep(GraphedStep):
     made: list = []
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        CountingGraphedSteps.made.append(self)
+        CountingGraphedStep.made.append(self)
 
 
 def test_graphed_steps_match_eager_steps_exactly():
@@ -136,8 +137,8 @@ def test_graphed_steps_match_eager_steps_exactly():
             return torch.stack((torch.ones_like(residual).sum(), residual.square().sum()))
 
         batches = list(stripes(1000).to("cuda").batches(64, shuffle=False))  # 15 of 64 and one of 40
-        runner = GraphedSteps(step) if graphed else None
-        totals = [runner.epoch(batches) if graphed else sum(step(x) for x in batches) for _ in range(2)]
+        runner = GraphedStep(step) if graphed else step
+        totals = [sum(runner(x).clone() for x in batches) for _ in range(2)]
         return w, totals, runner
 
     w_eager, totals_eager, _ = run(False)
@@ -150,15 +151,15 @@ def test_graphed_steps_match_eager_steps_exactly():
 
 
 def test_fit_replays_from_a_cuda_graph_and_learns_like_the_eager_loop(monkeypatch):
-    monkeypatch.setattr(cuda_graphs, "GraphedSteps", CountingGraphedSteps)
-    CountingGraphedSteps.made.clear()
+    monkeypatch.setattr(cuda_graphs, "GraphedStep", CountingGraphedStep)
+    CountingGraphedStep.made.clear()
     train, test = stripes(2000), stripes(500, seed=1)
     histories = {}
     for graphed in (True, False):
         model = VAE(VAEConfig(latent_dim=4, hidden_dims=(64,), seed=0))
         config = TrainConfig(epochs=3, batch_size=64, lr=3e-3, device="cuda", cuda_graph=graphed)
         histories[graphed] = fit(model, train, test, config, progress=False).history
-    (runner,) = CountingGraphedSteps.made  # made for the graphed run only
+    (runner,) = CountingGraphedStep.made  # made for the graphed run only
     assert runner.replays == 3 * (2000 // 64) - 3
     graph, eager = histories[True], histories[False]
     assert graph.train_elbo[-1] > graph.train_elbo[0] + 20  # it learns
@@ -173,9 +174,9 @@ class NaNSwitch(VAE):
         super().__init__(config)
         self.register_buffer("scale", torch.ones(()))
 
-    def encode(self, x):
-        mu, logvar = super().encode(x)
-        return mu * self.scale, logvar
+    def posterior(self, x, y=None):
+        q = super().posterior(x, y)
+        return q._replace(mu=q.mu * self.scale)
 
 
 def test_nan_inside_a_replayed_step_is_caught_with_its_epoch_and_step():
@@ -196,14 +197,30 @@ def test_nan_inside_a_replayed_step_is_caught_with_its_epoch_and_step():
             assert torch.equal(value, after_epoch_1[key]), key
 
 
+def test_fit_replays_a_flow_vae_and_a_conditional_vae_step_from_a_cuda_graph(monkeypatch):
+    """The one training step for every model: a flow posterior, and (x, y) batches copied into the graph."""
+    from vae_utils import conditional, flows
+
+    monkeypatch.setattr(cuda_graphs, "GraphedStep", CountingGraphedStep)
+    CountingGraphedStep.made.clear()
+    data = stripes(640)  # 10 full batches of 64 an epoch
+    small = dict(latent_dim=4, hidden_dims=(32,), seed=0)
+    for model in (flows.FlowVAE(flows.FlowVAEConfig(**small)),
+                  conditional.ConditionalVAE(conditional.ConditionalVAEConfig(**small, num_classes=4))):
+        history = fit(model, data, data, TrainConfig(epochs=3, batch_size=64, lr=3e-3, device="cuda"),
+                      progress=False).history
+        assert history.train_elbo[-1] > history.train_elbo[0] + 20, (type(model).__name__, history.train_elbo)
+    assert [runner.replays for runner in CountingGraphedStep.made] == [3 * 10 - 3] * 2
+
+
 def test_fit_uses_no_graph_with_warmup_or_a_plain_optimizer(monkeypatch):
-    monkeypatch.setattr(cuda_graphs, "GraphedSteps", CountingGraphedSteps)
-    CountingGraphedSteps.made.clear()
+    monkeypatch.setattr(cuda_graphs, "GraphedStep", CountingGraphedStep)
+    CountingGraphedStep.made.clear()
     model = VAE(VAEConfig(latent_dim=4, hidden_dims=(32,)))
     fit(model, stripes(320), None, TrainConfig(epochs=1, device="cuda", kl_warmup_epochs=1), progress=False)
     fit(model, stripes(320), None, TrainConfig(epochs=1, device="cuda"),
         optimizer=torch.optim.Adam(model.parameters()), progress=False)
-    assert CountingGraphedSteps.made == []
+    assert CountingGraphedStep.made == []
 
 
 def test_test_elbos_are_the_same_number_on_cpu_and_gpu(exact_float32):
@@ -214,21 +231,21 @@ def test_test_elbos_are_the_same_number_on_cpu_and_gpu(exact_float32):
     config = VAEConfig(latent_dim=4, hidden_dims=(32,), seed=0)
     evaluations = [
         (VAE(config), evaluation.evaluate_elbo),
-        (flows.FlowVAE(config, flows.FlowConfig()), flows.evaluate_elbo),
+        (flows.FlowVAE(flows.FlowVAEConfig(**config.to_dict())), evaluation.evaluate_elbo),
         (conditional.ConditionalVAE(conditional.ConditionalVAEConfig(latent_dim=4, hidden_dims=(32,), num_classes=4)),
-         conditional.evaluate_conditional_elbo),
+         evaluation.evaluate_elbo),
     ]
     for model, evaluate in evaluations:
         on_cpu = evaluate(model, data, seed=3)
         on_gpu = evaluate(copy.deepcopy(model).to("cuda"), data, seed=3)
         for key in ("elbo", "reconstruction", "kl"):
-            assert on_gpu[key] == pytest.approx(on_cpu[key], rel=1e-4, abs=1e-3), (evaluate.__qualname__, key)
+            assert on_gpu[key] == pytest.approx(on_cpu[key], rel=1e-4, abs=1e-3), (type(model).__name__, key)
 
 
 def test_compiled_objective_inside_the_cuda_graph_learns_like_the_eager_loop(monkeypatch):
     """TrainConfig(compile=True) on CUDA: inductor's Triton kernels, recorded in fit's CUDA graph."""
-    monkeypatch.setattr(cuda_graphs, "GraphedSteps", CountingGraphedSteps)
-    CountingGraphedSteps.made.clear()
+    monkeypatch.setattr(cuda_graphs, "GraphedStep", CountingGraphedStep)
+    CountingGraphedStep.made.clear()
     torch._dynamo.reset()
     train, test = stripes(2048), stripes(500, seed=1)  # 32 full batches: one shape to compile
     histories = {}
@@ -236,7 +253,7 @@ def test_compiled_objective_inside_the_cuda_graph_learns_like_the_eager_loop(mon
         model = VAE(VAEConfig(latent_dim=4, hidden_dims=(64,), seed=0))
         config = TrainConfig(epochs=3, batch_size=64, lr=3e-3, device="cuda", compile=compiled)
         histories[compiled] = fit(model, train, test, config, progress=False).history
-    assert [runner.replays for runner in CountingGraphedSteps.made] == [3 * 32 - 3] * 2
+    assert [runner.replays for runner in CountingGraphedStep.made] == [3 * 32 - 3] * 2
     compiled, eager = histories[True], histories[False]
     assert compiled.train_elbo[-1] > compiled.train_elbo[0] + 20
     assert abs(compiled.test_elbo[-1] - eager.test_elbo[-1]) < 0.03 * abs(eager.test_elbo[-1]), (

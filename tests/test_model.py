@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from torch import distributions as D
 
 from vae_utils.device import pick_device, seed_everything
-from vae_utils.model import VAE, VAEConfig, VAEOutput, check_images
+from vae_utils.model import VAE, VAEConfig, VAEOutput
+from vae_utils.validation import check_images
 from vae_utils.objectives import (
     gaussian_kl,
     importance_weighted_bound,

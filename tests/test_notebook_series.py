@@ -64,10 +64,6 @@ def markdown(cell) -> str:
     return FENCED_CODE.sub("", cell.source)
 
 
-def markdown_cells(nb) -> list:
-    return [cell for cell in nb.cells if cell.cell_type == "markdown"]
-
-
 def headings(nb, level: int) -> list[tuple[int, str]]:
     """(cell index, heading text) for every heading of exactly this level, in order."""
     found = []

@@ -53,15 +53,22 @@ def test_shipped_weights_still_give_the_recorded_test_elbo():
     assert measured["elbo"] == pytest.approx(pretrained.record()["test_elbo"], abs=1e-2)
 
 
-def test_install_copies_the_shipped_run_only_for_the_full_setting(tmp_path):
+def test_default_model_starts_from_the_shipped_run_only_for_the_full_setting(tmp_path, monkeypatch):
     train, _ = fashion_mnist_or_skip()
     full = pretrained.settings_of_shipped_model(device="cpu", runs=tmp_path / "full")
-    assert pretrained.install(full, train)
+    vu.tutorial.default_model(full, train, progress=False)
     assert full.checkpoint.read_bytes() == pretrained.WEIGHTS.read_bytes()
-    assert not pretrained.install(full, train), "install must never replace an existing checkpoint"
+    full.checkpoint.write_bytes(b"a run of the reader's own")  # never replaced by the shipped file
+    trained = []
+    monkeypatch.setattr(vu.runs, "fit", lambda *args, **kwargs: trained.append(args) or pytest.skip("would train"))
+    with pytest.raises(pytest.skip.Exception):
+        vu.tutorial.default_model(full, train, progress=False)  # unreadable: trained again, not copied over
+    assert trained and full.checkpoint.read_bytes() == b"a run of the reader's own"
+    trained.clear()
     quick = vu.tutorial.settings(quick=True, device="cpu", runs=tmp_path / "quick")
-    assert not pretrained.install(quick, train.subset(quick.train_images))
-    assert not quick.checkpoint.exists()
+    with pytest.raises(pytest.skip.Exception):
+        vu.tutorial.default_model(quick, train.subset(quick.train_images), progress=False)
+    assert trained and not quick.checkpoint.exists()  # another run: trained, nothing copied
 
 
 def test_default_model_loads_the_shipped_run_instead_of_training(tmp_path):

@@ -16,7 +16,8 @@ from vae_utils.data import DatasetNotFoundError, ImageDataset, load_dataset
 from vae_utils.evaluation import evaluate_elbo
 from vae_utils.model import VAE, VAEConfig
 from vae_utils.objectives import elbo_objective, vae_elbo
-from vae_utils.training import FitResult, History, TrainConfig, TrainingDivergedError, fit, train_epoch
+from vae_utils.train_config import TrainConfig
+from vae_utils.training import FitResult, History, TrainingDivergedError, fit, train_epoch
 
 SMALL = VAEConfig(latent_dim=4, hidden_dims=(32,))
 
@@ -119,13 +120,13 @@ class NaNAfter(VAE):
         self.bad_call = bad_call
         self.training_calls = 0
 
-    def encode(self, x):
-        mu, logvar = super().encode(x)
+    def posterior(self, x, y=None):
+        q = super().posterior(x, y)
         if self.training:
             self.training_calls += 1
             if self.training_calls >= self.bad_call:
-                mu = mu * float("nan")
-        return mu, logvar
+                q = q._replace(mu=q.mu * float("nan"))
+        return q
 
 
 def test_nan_loss_raises_with_epoch_and_step_and_keeps_the_last_good_epoch():
@@ -176,12 +177,12 @@ def test_keyboard_interrupt_mid_epoch_drops_the_partial_epoch():
     class InterruptAt(VAE):
         calls = 0
 
-        def encode(self, x):
+        def posterior(self, x, y=None):
             if self.training:
                 InterruptAt.calls += 1
                 if InterruptAt.calls == 6:  # epoch 2, step 2
                     raise KeyboardInterrupt
-            return super().encode(x)
+            return super().posterior(x, y)
 
     torch.manual_seed(0)
     config = TrainConfig(epochs=3, batch_size=16, cuda_graph=False)  # the interrupt is raised by Python code per step
@@ -336,7 +337,7 @@ def test_fit_checks_its_inputs_before_training():
     model = small_model()
     before = [p.clone() for p in model.parameters()]
     train = pattern_dataset(32)
-    with pytest.raises(TypeError, match="fit trains a VAE.*got Linear"):
+    with pytest.raises(TypeError, match="fit trains a vae_utils model.*got Linear"):
         fit(torch.nn.Linear(2, 2), train, progress=False)
     with pytest.raises(TypeError, match="train_data must be an ImageDataset, got Tensor.*vu.ImageDataset"):
         fit(model, train.images, progress=False)
@@ -364,10 +365,10 @@ def test_keyboard_interrupt_during_set_up_returns_a_clean_result(monkeypatch):
 
 def test_interrupt_in_an_epoch_that_went_non_finite_restores_the_snapshot_and_says_so():
     class NaNThenInterrupt(NaNAfter):
-        def encode(self, x):
+        def posterior(self, x, y=None):
             if self.training and self.training_calls + 1 == 8:  # epoch 2, step 4 (after NaN at step 2)
                 raise KeyboardInterrupt
-            return super().encode(x)
+            return super().posterior(x, y)
 
     model = NaNThenInterrupt(SMALL, bad_call=6)
     after_epoch_1 = {}
@@ -387,12 +388,12 @@ def test_interrupt_in_a_healthy_epoch_gives_no_warning():
     class InterruptAt(VAE):
         calls = 0
 
-        def encode(self, x):
+        def posterior(self, x, y=None):
             if self.training:
                 InterruptAt.calls += 1
                 if InterruptAt.calls == 3:
                     raise KeyboardInterrupt
-            return super().encode(x)
+            return super().posterior(x, y)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -455,12 +456,6 @@ def test_train_config_objective_and_k():
         TrainConfig(k=5)
 
 
-def test_history_from_before_train_objective_still_loads():
-    old = {key: [1.0] for key in training._HISTORY_KEYS if key != "train_objective"}
-    assert History.from_dict(old).train_objective == [None]
-
-
-# ----------------------------------------------------------------------------- objectives in fit
 def test_iw_training_records_the_bound_and_the_true_elbo():
     h = fit(small_model(), pattern_dataset(64), None, TrainConfig(epochs=1, batch_size=16, objective="iw", k=8),
             progress=False).history

@@ -23,6 +23,17 @@ PUBLIC = {
     "pick_device", "seed_everything", "show_images", "plot_history", "latent_explorer", "interpolation_explorer",
 }
 
+# The modules of the package by layer: core (the model, its math, data, training, evaluation, files),
+# teaching (exact toy models and gradient estimators), extensions (other models and inference), and
+# notebook support (what the notebooks share).
+LAYERS = {
+    "core": ["validation", "objectives", "networks", "model", "device", "idx", "data", "train_config", "training",
+             "cuda_graphs", "evaluation", "files", "checkpoint", "runs", "models"],
+    "teaching": ["toy", "estimators"],
+    "extensions": ["flows", "conditional", "refinement"],
+    "notebook support": ["tutorial", "exercises", "pretrained", "plotting", "widgets"],
+}
+
 
 # ----------------------------------------------------------------------------- settings
 def test_settings_follow_the_quick_flag(monkeypatch):
@@ -107,8 +118,9 @@ def test_the_public_names_and_the_submodules():
     assert set(vu.__all__) == PUBLIC and len(vu.__all__) == 24
     for name in vu.__all__:
         assert getattr(vu, name) is not None
-    for name in ("objectives", "toy", "estimators", "plotting", "widgets", "data", "model", "networks",
-                 "training", "evaluation", "checkpoint", "runs", "tutorial"):
+    modules = {path.stem for path in PACKAGE.glob("*.py") if not path.stem.startswith("_")}
+    assert modules == {name for layer in LAYERS.values() for name in layer}, "every module has its layer"
+    for name in modules:
         assert getattr(vu, name).__name__ == f"vae_utils.{name}"
     assert vu.objectives.gaussian_kl is not None and vu.plotting.LiveLossPlot is not None  # old names, in place
     with pytest.raises(AttributeError, match="no attribute 'gaussian_kl'"):
@@ -124,6 +136,57 @@ def test_no_module_imports_another_modules_private_names():
                 offenders += [f"{path.name}: {alias.name}" for alias in node.names
                               if alias.name.startswith("_") and alias.name != "__version__"]
     assert offenders == []
+
+
+def package_imports() -> dict[str, set[str]]:
+    """module -> the package modules it imports, at the top or inside a function alike."""
+    graph = {}
+    for path in PACKAGE.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported |= {node.module} if node.module else {alias.name for alias in node.names}
+        graph[path.stem] = {name.split(".")[0] for name in imported} - {path.stem}
+    return graph
+
+
+def test_no_module_imports_itself_through_others():
+    graph, done, cycles = package_imports(), set(), []
+
+    def visit(module, path):
+        if module in path:
+            cycles.append(path[path.index(module):] + [module])
+            return
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, path + [module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert cycles == []
+
+
+def test_the_layers_import_downwards_only():
+    """Core modules import no extension and no notebook support; extensions no notebook support."""
+    graph = package_imports()
+    allowed = {"core": {"core"}, "teaching": {"core", "teaching"}, "extensions": {"core", "extensions"},
+               "notebook support": set(LAYERS)}
+    layer_of = {module: layer for layer, modules in LAYERS.items() for module in modules}
+    wrong = [f"{module} ({layer_of[module]}) imports {imported} ({layer_of[imported]})"
+             for module, imports in graph.items() if module in layer_of for imported in imports
+             if imported in layer_of and layer_of[imported] not in allowed[layer_of[module]]]
+    assert wrong == []
+
+
+def test_the_readme_and_the_package_docstring_list_every_module_by_layer():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    for layer, modules in LAYERS.items():
+        for module in modules:
+            assert f"`{module}`" in readme, f"README's module table lacks {module}"
+            assert module in vu.__doc__, f"vae_utils' docstring lacks {module}"
+        assert layer in readme.lower() and layer in vu.__doc__.lower(), layer
 
 
 def test_importing_the_package_does_not_import_torch():

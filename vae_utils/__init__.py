@@ -7,9 +7,19 @@ uses; everything else lives in a submodule, reached as an attribute of the packa
     train, test = vu.load_dataset("fashion-mnist", "train"), vu.load_dataset("fashion-mnist", "test")
     result = vu.fit(vu.VAE(), train, test, vu.TrainConfig(epochs=10))
     vu.show_images(result.model.sample(64))
-    vu.objectives.gaussian_kl(mu, logvar)      # submodules: objectives, toy, estimators, plotting,
-    vu.plotting.plot_kl_per_dim(kl_per_dim)    # widgets, data, model, networks, training, evaluation,
-                                               # checkpoint, runs, tutorial, device
+    vu.objectives.gaussian_kl(mu, logvar)      # a submodule's name
+    vu.plotting.plot_kl_per_dim(kl_per_dim)
+
+The modules, by layer (each imports only from its own layer and those above it in this list):
+
+- core: validation (input checks), objectives (the ELBO, the IW bound), networks, model (VAEConfig, VAE and
+  the model protocol), device, idx (idx files), data (ImageDataset, load_dataset), train_config, training
+  (train_step, train_epoch, fit), cuda_graphs, evaluation, files (atomic writes), checkpoint, runs
+  (load_or_train), models (the model classes by name)
+- teaching: toy (models with exact answers), estimators (score-function and reparameterized gradients)
+- extensions: flows (FlowVAE), conditional (ConditionalVAE), refinement (per-image inference)
+- notebook support: tutorial (settings, check), exercises (notebook 04's checkers), pretrained (the
+  shipped model), plotting, widgets
 
 Names and submodules are imported on first use (PEP 562), so ``import vae_utils`` and
 ``python -m vae_utils --help`` do not import torch.
@@ -25,7 +35,7 @@ _HOMES = {
     "VAE": "model", "VAEConfig": "model",
     "load_dataset": "data", "ImageDataset": "data", "DatasetNotFoundError": "data",
     "vae_elbo": "objectives", "negative_elbo_loss": "objectives",
-    "TrainConfig": "training", "fit": "training", "train_epoch": "training", "FitResult": "training",
+    "TrainConfig": "train_config", "fit": "training", "train_epoch": "training", "FitResult": "training",
     "TrainingDivergedError": "training",
     "evaluate_elbo": "evaluation", "estimate_log_likelihood": "evaluation",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "CheckpointError": "checkpoint",
@@ -37,8 +47,7 @@ _HOMES = {
 
 __all__ = list(_HOMES)
 
-# Every module in the package is an attribute too (objectives, toy, estimators, plotting, widgets, data,
-# model, networks, training, evaluation, checkpoint, runs, tutorial, device, ...), imported on first use.
+# Every module in the package is an attribute too (see the docstring), imported on first use.
 
 
 def __getattr__(name: str) -> object:
@@ -63,8 +72,9 @@ def __dir__() -> list[str]:
 
 
 if _typing.TYPE_CHECKING:  # for editors and type checkers: the same names, imported eagerly
-    from . import (checkpoint, data, device, estimators, evaluation, model, networks, objectives, plotting,
-                   runs, toy, training, tutorial, widgets)
+    from . import (checkpoint, conditional, cuda_graphs, data, device, estimators, evaluation, exercises, files,
+                   flows, idx, model, models, networks, objectives, plotting, pretrained, refinement, runs, toy,
+                   train_config, training, tutorial, validation, widgets)
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from .data import DatasetNotFoundError, ImageDataset, load_dataset
     from .device import pick_device, seed_everything
@@ -73,5 +83,6 @@ if _typing.TYPE_CHECKING:  # for editors and type checkers: the same names, impo
     from .objectives import negative_elbo_loss, vae_elbo
     from .plotting import plot_history, show_images
     from .runs import load_or_train
-    from .training import FitResult, TrainConfig, TrainingDivergedError, fit, train_epoch
+    from .train_config import TrainConfig
+    from .training import FitResult, TrainingDivergedError, fit, train_epoch
     from .widgets import interpolation_explorer, latent_explorer

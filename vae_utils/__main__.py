@@ -126,7 +126,7 @@ def _check_out(out: Path) -> None:
 
 def _configs(args):
     from .model import VAEConfig
-    from .training import TrainConfig
+    from .train_config import TrainConfig
 
     epochs = args.epochs if args.epochs is not None else (1 if _quick() else 10)
     try:

@@ -1,40 +1,26 @@
-"""Checkpoints: a VAE with its config, optimizer state, training history and training config.
+"""Checkpoints: a model (a VAE, FlowVAE or ConditionalVAE) with its config, optimizer state, training
+history and training config.
 
 A checkpoint is one ``torch.save`` file holding only tensors and plain Python values, so it loads with
 ``torch.load(weights_only=True)`` (no code runs while loading)::
 
     {"format": "vae_utils.checkpoint", "version": 1,
-     "model_config": VAEConfig.to_dict(), "model_state": state_dict,
-     "optimizer_state": optimizer.state_dict() or None,
+     "model_class": "VAE" | "FlowVAE" | "ConditionalVAE", "model_config": config.to_dict(),
+     "model_state": state_dict, "optimizer_state": optimizer.state_dict() or None,
      "history": History.to_dict() or None, "train_config": TrainConfig.to_dict() or None,
      "metadata": {...}}   # free-form plain values, e.g. the data set's name
 
-Nothing is lost while saving:
-
-- Values ``load_checkpoint`` could not read back are converted before writing (``pathlib.Path`` ->
-  str, numpy scalars -> Python numbers, ``torch.device`` -> str) or refused up front, naming the key.
-- The file is written atomically: a temporary file ``.<name>.saving-<host>-<pid>-<random>.tmp`` in
-  the same folder is written, fsync'ed and loaded back (``weights_only``, with the same checks as
-  ``load_checkpoint``) before ``os.replace`` puts it in place. A crash, a kill or a full disk leaves
-  the previous file as it was, and a file that would not load never replaces one.
-- Temporary files left by killed saves are removed by the next save into the same folder (those of
-  processes that no longer run, and any older than an hour).
-- The file gets the usual mode for new files (0666 minus the umask), like any other file you write.
+``load_checkpoint`` rebuilds the class the file names (``vae_utils.models.MODEL_CLASSES``). Nothing is lost
+while saving: values ``load_checkpoint`` could not read back are converted before writing (``pathlib.Path``
+-> str, numpy scalars -> Python numbers, ``torch.device`` -> str) or refused up front, naming the key; and
+the file is written atomically (``vae_utils.files``), loaded back with the same checks as
+``load_checkpoint`` before it replaces the previous one.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import math
-import numbers
 import os
 import pickle
-import re
-import secrets
-import shutil
-import socket
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,26 +29,16 @@ from typing import Any
 import torch
 
 from .device import pick_device
-from .model import VAE, VAEConfig
-from .training import History, TrainConfig
+from .files import write_atomically, writable_target
+from .model import VAE
+from .models import MODEL_CLASSES, model_class
+from .train_config import TrainConfig
+from .training import History
 
-__all__ = [
-    "Checkpoint",
-    "CheckpointError",
-    "save_checkpoint",
-    "load_checkpoint",
-    "data_key",
-    "remove_stale_temp_files",
-]
+__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "data_key"]
 
 FORMAT = "vae_utils.checkpoint"
 VERSION = 1
-
-# Temporary files: ".<target name>.saving-<host hash>-<pid>-<random>.tmp" next to the target.
-_TEMP_PATTERN = re.compile(r"^\.(?P<target>.*)\.saving-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
-# What vae_utils 0.1 left behind (tempfile.mkstemp names), removed once they are an hour old.
-_LEGACY_TEMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
-STALE_TEMP_SECONDS = 3600
 
 
 class CheckpointError(RuntimeError):
@@ -71,7 +47,8 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint. ``model`` is a ``VAE`` on the requested device, in eval mode;
+    """A loaded checkpoint. ``model`` is the saved class (a VAE, FlowVAE or ConditionalVAE) on the requested
+    device, in eval mode;
     ``optimizer_state`` is a state dict for ``torch.optim.Adam(model.parameters())`` (or None)."""
 
     model: VAE
@@ -155,10 +132,9 @@ def save_checkpoint(
     with the fix. The written file is loaded back before it replaces ``path``. A full disk raises
     ``OSError(ENOSPC)`` saying how much space was needed; the previous file is then unchanged.
     """
-    if not isinstance(model, torch.nn.Module) or not isinstance(getattr(model, "config", None), VAEConfig):
-        raise TypeError(
-            f"save_checkpoint needs a vae_utils VAE (with a VAEConfig in .config), got {type(model).__name__}."
-        )
+    if not isinstance(model, VAE) or type(model).__name__ not in MODEL_CLASSES:
+        raise TypeError(f"save_checkpoint needs a vae_utils model ({', '.join(MODEL_CLASSES)}), got "
+                        f"{type(model).__name__}.")
     _check_optimizer_matches(model, optimizer)
     for name, value, kind, what in (
         ("history", history, History, "a History (FitResult.history)"),
@@ -167,11 +143,12 @@ def save_checkpoint(
     ):
         if value is not None and not isinstance(value, kind):
             raise TypeError(f"save_checkpoint: {name} must be {what} or None, got {type(value).__name__}.")
-    path = _writable_target(path)
+    path = writable_target(path)
     extra = {"train_data": data_key(train_data)} if train_data is not None else {}
     payload = {
         "format": FORMAT,
         "version": VERSION,
+        "model_class": type(model).__name__,
         "model_config": _plain(model.config.to_dict(), "model.config"),
         "model_state": {key: value.detach().cpu() for key, value in model.state_dict().items()},
         "optimizer_state": _plain(optimizer.state_dict(), "optimizer.state_dict()") if optimizer is not None else None,
@@ -179,8 +156,30 @@ def save_checkpoint(
         "train_config": _plain(train_config.to_dict(), "train_config") if train_config is not None else None,
         "metadata": _plain({**(metadata or {}), **extra}, "metadata"),
     }
-    _write_atomically(path, payload, model)
+    write_atomically(path, lambda file: torch.save(payload, file), lambda tmp: _verify_written(tmp, path, model),
+                     _payload_bytes(payload))
     return path
+
+
+def _payload_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (dict, list, tuple)):
+        return sum(_payload_bytes(item) for item in (value.values() if isinstance(value, dict) else value))
+    return 0
+
+
+def _verify_written(tmp: Path, path: Path, model: VAE) -> None:
+    """Load the written file back exactly as load_checkpoint would; never let a bad one replace ``path``."""
+    try:
+        _check_payload(path, torch.load(tmp, map_location="cpu", weights_only=True), model)
+    except Exception as err:  # noqa: BLE001 -- whatever went wrong, the old file stays
+        lines = str(err).strip().splitlines()
+        raise CheckpointError(
+            f"save_checkpoint wrote {path}, but the file does not load back ({type(err).__name__}: "
+            f"{lines[0] if lines else ''}); the previous file, if any, was kept. This is a bug in "
+            "vae_utils or a failing disk: please report it."
+        ) from None
 
 
 def _check_optimizer_matches(model: VAE, optimizer) -> None:
@@ -199,220 +198,6 @@ def _check_optimizer_matches(model: VAE, optimizer) -> None:
             f"{ours} of them this model's (which has {len(own)}). Pass the optimizer that trains this model "
             "(e.g. FitResult.optimizer), or none."
         )
-
-
-def _writable_target(path: Any) -> Path:
-    """``path`` as a Path whose folder exists and can be written, or an error naming the problem."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"save_checkpoint: path must be a str or pathlib.Path, got {type(path).__name__}.")
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise _os_error(
-            IsADirectoryError, errno.EISDIR, path,
-            f"Cannot save the checkpoint to {path}: it is a folder. Give a file path, e.g. {path / 'checkpoint.pt'}.",
-        )
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise _os_error(
-            NotADirectoryError, errno.ENOTDIR, ancestor,
-            f"Cannot save the checkpoint to {path}: {ancestor} is a file, not a folder. Choose a path "
-            f"in a folder, or move the file {ancestor} out of the way.",
-        )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise _folder_error(path, ancestor, err) from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise _folder_error(path, path.parent, PermissionError(errno.EACCES, "Permission denied"))
-    return path
-
-
-def _folder_error(path: Path, folder: Path, err: OSError) -> OSError:
-    if err.errno == errno.EROFS:
-        problem, fix = "is on a read-only file system", "save to a writable disk"
-    elif isinstance(err, PermissionError):
-        problem = "is not writable (permission denied)"
-        fix = f"save somewhere you can write (e.g. in your home folder), or make it writable (chmod u+w '{folder}')"
-    else:
-        return err
-    message = f"Cannot save the checkpoint to {path}: the folder {folder} {problem}; {fix}."
-    return _os_error(type(err), err.errno, folder, message)
-
-
-def _os_error(kind: type[OSError], code: int, filename: Any, message: str) -> OSError:
-    """An OSError subclass with ``errno`` set whose text is just ``message`` (which names the file),
-    not "[Errno N] message: 'filename'" (setting ``.filename`` would bring that format back)."""
-    error = kind(message)
-    error.errno = code
-    return error
-
-
-class _RecordingWriter:
-    """A file for torch.save that remembers the OSError a write raised (torch.save reports it only as
-    ``RuntimeError: [enforce fail at inline_container.cc] ... unexpected pos``)."""
-
-    def __init__(self, file):
-        self.file = file
-        self.error: OSError | None = None
-
-    def write(self, data) -> int:
-        try:
-            return self.file.write(data)
-        except OSError as err:
-            self.error = self.error or err
-            raise
-
-    def flush(self) -> None:
-        self.file.flush()
-
-
-def _host_tag() -> str:
-    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
-
-
-def _temp_path(path: Path) -> Path:
-    stem = path.name[:120]  # stays under the 255-byte name limit
-    return path.with_name(f".{stem}.saving-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
-
-
-def _write_atomically(path: Path, payload: dict, model: VAE) -> None:
-    folder = path.parent
-    remove_stale_temp_files(folder)
-    tmp = _temp_path(path)
-    try:
-        # O_EXCL: never follow or reuse an existing name; mode 0o666 lets the umask decide, as for any new file.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except OSError as err:
-        raise _folder_error(path, folder, err) from None
-    try:
-        with os.fdopen(fd, "wb") as file:
-            writer = _RecordingWriter(file)
-            try:
-                torch.save(payload, writer)
-                file.flush()
-                os.fsync(file.fileno())
-            except (OSError, RuntimeError) as err:
-                raise _write_error(path, payload, writer.error or err) from None
-        _verify_written(tmp, path, model)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
-
-
-def _payload_bytes(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(_payload_bytes(item) for item in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(_payload_bytes(item) for item in value)
-    return 0
-
-
-def _write_error(path: Path, payload: dict, err: BaseException) -> BaseException:
-    """Name a full disk as such (torch.save reports it as 'enforce fail at inline_container.cc')."""
-    needed = _payload_bytes(payload) + 64 * 1024
-    try:
-        free = shutil.disk_usage(path.parent).free
-    except OSError:
-        free = None
-    recorded = isinstance(err, OSError) and err.errno is not None
-    full = err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) if recorded else (
-        "inline_container" in str(err) and free is not None and free < needed
-    )
-    if not full:
-        return err
-    left = f"; {_size(free)} free there" if free is not None else ""
-    return _os_error(
-        OSError, errno.ENOSPC, path,
-        f"No space left on device while writing {path} (needed about {_size(needed, up=True)}{left}). Free some "
-        f"space or save to another disk; the previous file at {path}, if any, is unchanged.",
-    )
-
-
-def _size(n: int, up: bool = False) -> str:
-    """Bytes for a person: whole MB from 1 MB on (rounded up for what is needed), else KB."""
-    if n >= 2**20:
-        return f"{math.ceil(n / 2**20) if up else round(n / 2**20)} MB"
-    return f"{math.ceil(n / 2**10) if up else round(n / 2**10)} KB"
-
-
-def _verify_written(tmp: Path, path: Path, model: VAE) -> None:
-    """Load the written file back exactly as load_checkpoint would; never let a bad one replace ``path``."""
-    try:
-        payload = torch.load(tmp, map_location="cpu", weights_only=True)
-        _check_payload(path, payload, model if type(model) is VAE else None)  # others: as load would
-    except Exception as err:  # noqa: BLE001 -- whatever went wrong, the old file stays
-        lines = str(err).strip().splitlines()
-        raise CheckpointError(
-            f"save_checkpoint wrote {path}, but the file does not load back ({type(err).__name__}: "
-            f"{lines[0] if lines else ''}); the previous file, if any, was kept. This is a bug in "
-            "vae_utils or a failing disk: please report it."
-        ) from None
-
-
-def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files of interrupted saves in ``folder``: those of processes on this
-    machine that no longer run, and any older than an hour (also ``vae_utils`` 0.1's names).
-    ``save_checkpoint`` calls this before every write. Returns the paths removed."""
-    folder = Path(folder)
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return []
-    names = {entry.name for entry in entries}
-    now, host, removed = time.time(), _host_tag(), []
-    for entry in entries:
-        match = _TEMP_PATTERN.match(entry.name)
-        legacy = None if match else _LEGACY_TEMP_PATTERN.match(entry.name)
-        if not (match or (legacy and legacy["target"] in names)):
-            continue
-        try:
-            age = now - entry.stat(follow_symlinks=False).st_mtime
-            if not entry.is_file(follow_symlinks=False):
-                continue
-        except OSError:
-            continue
-        dead = bool(match) and match["host"] == host and not _process_alive(int(match["pid"]))
-        if dead or age > STALE_TEMP_SECONDS:
-            try:
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-            except OSError:
-                pass
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    if os.name == "nt":  # os.kill(pid, 0) would terminate it on Windows: rely on the age instead
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it runs, as someone else
-        return True
-    return True
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (POSIX); harmless to skip where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -455,11 +240,12 @@ def _check_payload(path: Path, payload: Any, model: VAE | None = None):
             "and older. Upgrade vae_utils."
         )
     try:
-        config = VAEConfig.from_dict(payload["model_config"])
-        if model is None:
-            model = VAE(config)
+        cls = model_class(payload["model_class"])
+        config = cls.config_class.from_dict(payload["model_config"])
+        model = cls(config) if model is None else model
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path} has an invalid model_config {payload['model_config']}: {err}") from None
+        raise CheckpointError(f"{path} has an invalid {payload['model_class']} config {payload['model_config']}: "
+                              f"{err}") from None
     _check_state_matches(path, model, payload["model_state"])
     _check_optimizer_state(path, model, payload["optimizer_state"])
     try:
@@ -499,7 +285,7 @@ def _format_problem(payload: Any) -> str | None:
     if payload.get("format") != FORMAT:
         keys = sorted(str(key) for key in payload)[:8]
         return f"its 'format' is {payload.get('format')!r}, not {FORMAT!r} (keys: {keys})"
-    required = ("version", "model_config", "model_state", "optimizer_state", "history", "train_config")
+    required = ("version", "model_class", "model_config", "model_state", "optimizer_state", "history", "train_config")
     missing = [key for key in required if key not in payload]
     if missing:
         return f"it lacks {missing}"

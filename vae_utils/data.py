@@ -1,4 +1,5 @@
-"""Image data sets held as one tensor on the device, and the idx files they come from.
+"""Image data sets held as one tensor on the device, and where their idx files are found (``vae_utils.idx``
+reads them).
 
 The whole set lives in memory as ``uint8 [N, 1, 28, 28]`` on the training device (47 MB for
 Fashion-MNIST's 60,000 training images), so a batch is one ``index_select`` with a slice of a
@@ -18,51 +19,26 @@ cache folder; offline, :class:`DatasetNotFoundError` says where it looked and ho
 
 from __future__ import annotations
 
-import errno
-import functools
-import gzip
 import numbers
 import os
 import stat
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .model import mark_checked
+from .idx import IdxFormatError, read_idx, read_idx_cached, readable, unreadable
 
-__all__ = [
-    "FASHION_MNIST_CLASSES",
-    "MNIST_CLASSES",
-    "DATASET_NAMES",
-    "DatasetNotFoundError",
-    "IdxFormatError",
-    "ImageDataset",
-    "load_dataset",
-    "read_idx",
-]
+__all__ = ["FASHION_MNIST_CLASSES", "MNIST_CLASSES", "DATASET_NAMES", "DatasetNotFoundError", "IdxFormatError",
+           "ImageDataset", "load_dataset", "read_idx"]
 
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
 MNIST_CLASSES = [str(digit) for digit in range(10)]
 
 # name -> (class names, torchvision class name, which is also torchvision's folder name)
-_DATASETS = {
-    "fashion-mnist": (FASHION_MNIST_CLASSES, "FashionMNIST"),
-    "mnist": (MNIST_CLASSES, "MNIST"),
-}
+_DATASETS = {"fashion-mnist": (FASHION_MNIST_CLASSES, "FashionMNIST"), "mnist": (MNIST_CLASSES, "MNIST")}
 DATASET_NAMES = tuple(_DATASETS)
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 
@@ -76,129 +52,7 @@ class DatasetNotFoundError(FileNotFoundError):
     """The data set's idx files were not found anywhere and could not be downloaded."""
 
 
-class IdxFormatError(ValueError):
-    """An idx file is corrupt, truncated or not an idx file."""
-
-
-# --------------------------------------------------------------------------------------------
-# idx files
-# --------------------------------------------------------------------------------------------
-
-# idx type code -> (torch dtype, bytes per element). Multi-byte types are big-endian on disk.
-_IDX_TYPES = {
-    0x08: (torch.uint8, 1),
-    0x09: (torch.int8, 1),
-    0x0B: (torch.int16, 2),
-    0x0C: (torch.int32, 4),
-    0x0D: (torch.float32, 4),
-    0x0E: (torch.float64, 8),
-}
-
-
-def read_idx(path: str | os.PathLike) -> torch.Tensor:
-    """Read an idx file (the MNIST format), plain or gzip-compressed, into a CPU tensor.
-
-    Returns a new tensor of the stored dtype and shape, e.g. ``uint8 [60000, 28, 28]`` for an
-    images file and ``uint8 [60000]`` for a labels file. Gzip is detected from the file's first
-    bytes, not its name. Parsed files are cached in-process (keyed on path, size and modification
-    time), so reading the same file again is a copy, not a parse.
-
-    Raises :class:`IdxFormatError` when the file is corrupt or truncated (bad magic number, unknown
-    type code, dimensions that do not match the amount of data, broken gzip stream), and
-    ``FileNotFoundError`` when it does not exist.
-    """
-    return _read_idx_cached(*_cache_key(path)).clone()
-
-
-def _cache_key(path: str | os.PathLike) -> tuple[str, int, int]:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"read_idx takes a file path (str or pathlib.Path), got {type(path).__name__}")
-    resolved = Path(path).expanduser().resolve()
-    info = resolved.stat()  # FileNotFoundError for a missing file, as it should be
-    if resolved.is_dir():
-        idx = sorted(p.name for p in resolved.glob("*-idx?-ubyte*"))[:4]
-        inside = f" It holds {', '.join(idx)}." if idx else ""
-        raise IsADirectoryError(
-            f"{resolved} is a folder, not an idx file.{inside} Pass one file, e.g. "
-            f"read_idx('{resolved / 'train-images-idx3-ubyte'}'), or load the whole set with "
-            f"load_dataset(root='{resolved}')."
-        )
-    if not _readable(resolved):
-        raise _unreadable(resolved)
-    return str(resolved), info.st_size, info.st_mtime_ns
-
-
-def _readable(path: Path, folder: bool = False) -> bool:
-    """Whether this process may read ``path`` (and, for a folder, search it)."""
-    return os.access(path, os.R_OK | (os.X_OK if folder else 0))
-
-
-def _unreadable(path: Path, folder: bool = False) -> PermissionError:
-    what = "look inside the folder" if folder else "read"
-    mode = "a+rx" if folder else "a+r"
-    error = PermissionError(
-        f"Cannot {what} {path}: permission denied. Give yourself access (chmod {mode} '{path}', or ask "
-        "the owner), or copy the idx files to a folder you can read and pass load_dataset(..., root=that_folder)."
-    )
-    error.errno = errno.EACCES  # no .filename: it would turn the text into "[Errno 13] ...: 'path'"
-    return error
-
-
-@functools.lru_cache(maxsize=16)
-def _read_idx_cached(path: str, size: int, mtime_ns: int) -> torch.Tensor:
-    """Parse ``path``; ``size`` and ``mtime_ns`` are only part of the cache key."""
-    try:
-        raw = Path(path).read_bytes()
-    except PermissionError:
-        raise _unreadable(Path(path)) from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:
-            raise IdxFormatError(
-                f"{path} is a corrupt or truncated gzip file ({err}). "
-                "Delete it and download or copy the file again."
-            ) from None
-    return _parse_idx(raw, path)
-
-
-def _parse_idx(raw: bytes, path: str) -> torch.Tensor:
-    fix = "Delete it and download or copy the file again."
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0:
-        raise IdxFormatError(
-            f"{path} is not an idx file: its first 4 bytes {raw[:4].hex(' ') or '(none)'} are not an "
-            "idx magic number (00 00 <type code> <number of dimensions>). " + fix
-        )
-    dtype, itemsize = _IDX_TYPES[raw[2]]
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise IdxFormatError(f"{path} is truncated: it ends inside its header. " + fix)
-    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    count = 1
-    for dim in shape:
-        count *= dim
-    expected = header + count * itemsize
-    if len(raw) != expected:
-        problem = "truncated" if len(raw) < expected else "longer than its header says"
-        raise IdxFormatError(
-            f"{path} is {problem}: dimensions {shape} need {expected:,} bytes, the file has "
-            f"{len(raw):,} (uncompressed). " + fix
-        )
-    if count == 0:
-        return torch.empty(shape, dtype=dtype)
-    # frombuffer needs a writable buffer to avoid a warning; bytearray copies once, which we need anyway.
-    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=header, count=count * itemsize)
-    if itemsize > 1:  # big-endian on disk -> native (little-endian) order
-        data = data.view(count, itemsize).flip(-1).contiguous().view(-1)
-    return data.view(dtype).reshape(shape)
-
-
-# --------------------------------------------------------------------------------------------
-# The data set
-# --------------------------------------------------------------------------------------------
-
-
+# ------------------------------------------------------------------------------ the data set
 @dataclass
 class ImageDataset:
     """A whole image data set as tensors on one device.
@@ -335,21 +189,21 @@ class ImageDataset:
         generator: torch.Generator | None = None,
         binarize: bool = False,
         drop_last: bool = False,
-    ) -> Iterator[torch.Tensor]:
-        """Yield ``x: float32 [B, 1, 28, 28]`` in [0, 1], one pass over the data set.
+        labels: bool = False,
+    ) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``x: float32 [B, 1, 28, 28]`` in [0, 1], one pass over the data set; with ``labels=True``
+        the pairs ``(x, y)`` with ``y: int64 [B]`` (a conditional model's batches).
 
         The order comes from one ``randperm`` on the data's device, so each example appears exactly
-        once per pass; batches are ``index_select`` on the uint8 tensor, converted to float on the fly.
-        Each batch is marked with ``vae_utils.model.mark_checked`` (its values are in [0, 1] by
-        construction), so ``VAE.encode`` skips its value check and training never syncs per batch.
-        With ``binarize=True`` every pixel is redrawn as ``Bernoulli(x)`` each time it is served
-        (dynamic binarization: 1 where a uniform draw is below x). ``generator`` drives both the order
-        and the binarization; one on a different device than the data is used to seed one on the data's
-        device.
+        once per pass; batches are ``index_select`` on the uint8 tensor, converted to float on the fly
+        (values in [0, 1] by construction: nothing downstream needs to check them). With
+        ``binarize=True`` every pixel is redrawn as ``Bernoulli(x)`` each time it is served (dynamic
+        binarization: 1 where a uniform draw is below x). ``generator`` drives both the order and the
+        binarization; one on a different device than the data is used to seed one on the data's device.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
-        for flag, value in (("shuffle", shuffle), ("binarize", binarize), ("drop_last", drop_last)):
+        for flag, value in (("shuffle", shuffle), ("binarize", binarize), ("drop_last", drop_last), ("labels", labels)):
             if not isinstance(value, bool):
                 raise TypeError(f"{flag} must be True or False, got {value!r}.")
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -358,19 +212,18 @@ class ImageDataset:
                 "for a seed write torch.Generator().manual_seed(seed)"
             )
         # The arguments are checked here, at the call; the batches come from a generator.
-        return self._batches(int(batch_size), shuffle, _generator_on(self.device, generator), binarize, drop_last)
+        generator = _generator_on(self.device, generator)
+        return self._batches(int(batch_size), shuffle, generator, binarize, drop_last, labels)
 
-    def _batches(self, batch_size, shuffle, generator, binarize, drop_last) -> Iterator[torch.Tensor]:
+    def _batches(self, batch_size, shuffle, generator, binarize, drop_last, labels) -> Iterator:
         n = len(self)
         order = torch.randperm(n, device=self.device, generator=generator) if shuffle else None
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
-            if order is None:
-                x = self.images[start : start + batch_size]
-            else:
-                x = self.images.index_select(0, order[start : start + batch_size])
-            # uint8 / 255, or its binarization, is in [0, 1]: marked, so VAE.encode need not check it.
-            yield mark_checked(_binarize(x, generator) if binarize else x.float().div_(255))
+            index = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+            pixels = self.images[index] if order is None else self.images.index_select(0, index)
+            x = _binarize(pixels, generator) if binarize else pixels.float().div_(255)
+            yield (x, self.labels[index]) if labels else x
 
     def binarized(self, seed: int = 0) -> ImageDataset:
         """A fixed stochastic binarization: each pixel is 255 with probability ``gray/255``, else 0.
@@ -407,10 +260,7 @@ def _generator_on(device: torch.device, generator: torch.Generator | None) -> to
     return torch.Generator(device=device).manual_seed(seed)
 
 
-# --------------------------------------------------------------------------------------------
-# Finding and loading the files
-# --------------------------------------------------------------------------------------------
-
+# ------------------------------------------------------------------------------ finding and loading the files
 
 def load_dataset(
     name: str = "fashion-mnist",
@@ -470,8 +320,8 @@ def load_dataset(
         raise DatasetNotFoundError(_not_found_message(key, split, searched, download, download_error))
 
     images_path, labels_path = files
-    images = _read_idx_cached(*_cache_key(images_path))
-    labels = _read_idx_cached(*_cache_key(labels_path))
+    images = read_idx_cached(images_path)
+    labels = read_idx_cached(labels_path)
     if images.dim() != 3 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
         raise IdxFormatError(
             f"{images_path} ({list(images.shape)}) and {labels_path} ({list(labels.shape)}) do not "
@@ -544,9 +394,9 @@ def _raise_if_unreadable(searched: list[Path]) -> None:
         try:
             exists = folder.is_dir()
         except PermissionError:  # its parent cannot be searched
-            raise _unreadable(folder.parent, folder=True) from None
-        if exists and not _readable(folder, folder=True):
-            raise _unreadable(folder, folder=True)
+            raise unreadable(folder.parent, folder=True) from None
+        if exists and not readable(folder, folder=True):
+            raise unreadable(folder, folder=True)
 
 
 def _download(name: str) -> str | None:

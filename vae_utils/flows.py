@@ -6,53 +6,35 @@
 
 (the change-of-variables formula; Rezende & Mohamed, 2015). Two kinds of step:
 
-* ``IAFStep`` (inverse autoregressive flow, Kingma et al., 2016): [m, s] = MADE(z, h),
-  sigma = sigmoid(s), z' = sigma * z + (1 - sigma) * m. Output i depends on z_<i only, so the
-  Jacobian is triangular and log |det| = sum_i log sigma_i. The dimension order is reversed after
+* ``IAFStep`` (inverse autoregressive flow, Kingma et al., 2016): [m, a] = MADE(z, h), a gate
+  g = sigmoid(a), z' = g * z + (1 - g) * m. Output j depends on z_<j only, so the Jacobian is
+  triangular and log |det| = sum_j log g_j. The dimension order is reversed after
   each step so that every dimension eventually depends on every other.
 * ``CouplingStep`` (affine coupling, Dinh et al., 2017): half the dimensions pass through unchanged
   and set a scale and shift for the other half; log |det| = sum of the log-scales.
 
-``FlowVAE`` reuses a ``vae_utils.VAE``'s encoder and decoder and adds the flow; its ELBO estimates
-the KL by Monte Carlo (there is no closed form any more). All values in nats, per example [B],
-summed over latent and pixel dimensions, as in ``vae_utils.objectives``.
+``FlowVAE`` is a ``vae_utils.VAE`` whose ``posterior`` adds the flow; everything that takes a model (``vu.fit``,
+``vu.evaluate_elbo``, ``vu.estimate_log_likelihood``, ``vu.load_or_train``, the checkpoints) takes it, and its
+ELBO estimates the KL by Monte Carlo (there is no closed form any more). All values in nats, per example
+[B], summed over latent and pixel dimensions, as in ``vae_utils.objectives``.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .data import ImageDataset
-from .device import seed_everything
-from .evaluation import EVAL_BINARIZE_SEED, image_batches, mean_elbo_terms
 from .model import VAE, VAEConfig
-from .objectives import ELBO, elbo_terms, log_normal_diag, log_standard_normal, reparameterize
-from .training import default_optimizer, ticking, train_epoch
+from .objectives import GaussianPosterior, log_normal_diag, reparameterize
+from .validation import check_flag, check_int, check_model_inputs
 
-__all__ = [
-    "FlowConfig",
-    "MaskedLinear",
-    "MADE",
-    "IAFStep",
-    "CouplingStep",
-    "Flow",
-    "FlowVAE",
-    "flow_elbo",
-    "flow_objective",
-    "evaluate_elbo",
-    "estimate_log_likelihood",
-    "train",
-    "load_or_train",
-    "fit_to_density",
-]
+__all__ = ["FlowConfig", "MaskedLinear", "MADE", "IAFStep", "CouplingStep", "Flow", "FlowVAEConfig", "FlowPosterior",
+           "FlowVAE", "fit_to_density"]
 
 KINDS = ("iaf", "coupling")
 
@@ -75,12 +57,13 @@ class FlowConfig:
     seed: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ValueError(f"FlowConfig.steps must be an int >= 0, got {self.steps!r}.")
+        self.steps = check_int("FlowConfig", "steps", self.steps, 0, "steps=4")
         if self.kind not in KINDS:
             raise ValueError(f"FlowConfig.kind must be one of {KINDS}, got {self.kind!r}.")
-        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
-            raise ValueError(f"FlowConfig.hidden must be an int >= 1, got {self.hidden!r}.")
+        self.hidden = check_int("FlowConfig", "hidden", self.hidden, 1, "hidden=128")
+        check_flag("FlowConfig", "context", self.context)
+        if self.seed is not None:
+            self.seed = check_int("FlowConfig", "seed", self.seed, None, "seed=1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,10 +82,10 @@ class MaskedLinear(nn.Linear):
 
 
 class MADE(nn.Module):
-    """An autoregressive network (Germain et al., 2015): z [..., d] -> (m, s), each [..., d].
+    """An autoregressive network (Germain et al., 2015): z [..., d] -> (m, a), each [..., d].
 
-    Output i depends only on z_1..z_{i-1} (and on the context h, which is unmasked), so
-    d m_i / d z_j = d s_i / d z_j = 0 for j >= i. One hidden ReLU layer of width `hidden`.
+    Output j depends only on z_1..z_{j-1} (and on the context h, which is unmasked), so
+    d m_j / d z_l = d a_j / d z_l = 0 for l >= j. One hidden ReLU layer of width `hidden`.
     context: h [..., context_dim] broadcastable against z's leading dimensions (e.g. [B, c] with
     z [S, B, d]), or None when context_dim = 0.
     """
@@ -123,16 +106,16 @@ class MADE(nn.Module):
             if context is None:
                 raise ValueError("this MADE was built with context_dim > 0: pass the context h(x).")
             pre = pre + self.context(context)
-        m, s = self.out(F.relu(pre)).split(self.dim, dim=-1)
-        return m, s
+        m, a = self.out(F.relu(pre)).split(self.dim, dim=-1)
+        return m, a
 
 
 class IAFStep(nn.Module):
-    """One inverse-autoregressive step: z' = sigma * z + (1 - sigma) * m, then reverse the order.
+    """One inverse-autoregressive step: z' = g * z + (1 - g) * m, then reverse the order.
 
-    [m, s] = MADE(z, h); sigma = sigmoid(s + forget_bias) in (0, 1) (Kingma et al.'s numerically
-    stable form; forget_bias = 2 starts each step close to the identity, sigma ~ 0.88).
-    forward: z [..., d] -> (z' [..., d], log|det dz'/dz| [...]) with log|det| = sum_i log sigma_i
+    [m, a] = MADE(z, h); the gate g = sigmoid(a + forget_bias) in (0, 1) (Kingma et al.'s numerically
+    stable form; forget_bias = 2 starts each step close to the identity, g ~ 0.88).
+    forward: z [..., d] -> (z' [..., d], log|det dz'/dz| [...]) with log|det| = sum_j log g_j
     (the Jacobian of the update is triangular; the reversal is a permutation, |det| = 1).
     """
 
@@ -142,29 +125,30 @@ class IAFStep(nn.Module):
         self.forget_bias = forget_bias
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        m, s = self.made(z, context)
-        s = s + self.forget_bias
-        sigma = torch.sigmoid(s)
-        z_new = sigma * z + (1 - sigma) * m
-        return z_new.flip(-1), F.logsigmoid(s).sum(-1)
+        m, a = self.made(z, context)
+        a = a + self.forget_bias
+        gate = torch.sigmoid(a)
+        z_new = gate * z + (1 - gate) * m
+        return z_new.flip(-1), F.logsigmoid(a).sum(-1)
 
     def inverse(self, z_new: Tensor, context: Tensor | None = None) -> Tensor:
         """The z with forward(z)[0] = z_new: d sequential passes (output i needs z_<i first)."""
         y = z_new.flip(-1)
         z = torch.zeros_like(y)
         for _ in range(y.shape[-1]):
-            m, s = self.made(z, context)
-            sigma = torch.sigmoid(s + self.forget_bias)
-            z = (y - (1 - sigma) * m) / sigma
+            m, a = self.made(z, context)
+            gate = torch.sigmoid(a + self.forget_bias)
+            z = (y - (1 - gate) * m) / gate
         return z
 
 
 class CouplingStep(nn.Module):
     """One affine coupling step: the dimensions where `mask` is 1 pass through and set the rest.
 
-    z' = z_a + (1 - mask) * (z * exp(s) + t), [s, t] = net(z_a, h), z_a = mask * z, s = tanh(.)
-    (bounded log-scales keep training stable). forward: z [..., d] -> (z' [..., d], log|det| [...])
-    with log|det| = sum over the transformed dimensions of s (the Jacobian is triangular).
+    z' = z_a + (1 - mask) * (z * exp(log_scale) + shift), [log_scale, shift] = net(z_a, h), z_a = mask * z,
+    log_scale = tanh(.) (bounded log-scales keep training stable). forward: z [..., d] -> (z' [..., d],
+    log|det| [...]) with log|det| = the sum of log_scale over the transformed dimensions (the Jacobian is
+    triangular).
     """
 
     def __init__(self, dim: int, hidden: int, context_dim: int = 0, parity: int = 0):
@@ -181,19 +165,19 @@ class CouplingStep(nn.Module):
             if context is None:
                 raise ValueError("this coupling step was built with context_dim > 0: pass the context h(x).")
             pre = pre + self.context(context)
-        s, t = self.out(F.relu(pre)).split(self.dim, dim=-1)
+        log_scale, shift = self.out(F.relu(pre)).split(self.dim, dim=-1)
         free = 1 - self.mask
-        return torch.tanh(s) * free, t * free
+        return torch.tanh(log_scale) * free, shift * free
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z_a = z * self.mask
-        s, t = self._scale_shift(z_a, context)
-        return z_a + (1 - self.mask) * z * torch.exp(s) + t, s.sum(-1)
+        log_scale, shift = self._scale_shift(z_a, context)
+        return z_a + (1 - self.mask) * z * torch.exp(log_scale) + shift, log_scale.sum(-1)
 
     def inverse(self, z_new: Tensor, context: Tensor | None = None) -> Tensor:
         z_a = z_new * self.mask
-        s, t = self._scale_shift(z_a, context)
-        return z_a + (1 - self.mask) * (z_new - t) * torch.exp(-s)
+        log_scale, shift = self._scale_shift(z_a, context)
+        return z_a + (1 - self.mask) * (z_new - shift) * torch.exp(-log_scale)
 
 
 class Flow(nn.Module):
@@ -229,252 +213,74 @@ class Flow(nn.Module):
 
 
 # --------------------------------------------------------------------------- the VAE with a flow posterior
-class FlowVAE(nn.Module):
-    """A VAE whose posterior is the Gaussian encoder followed by a flow.
+@dataclass
+class FlowVAEConfig(VAEConfig):
+    """A ``VAEConfig`` plus ``flow``, the ``FlowConfig`` of the steps after the Gaussian encoder (a dict
+    from ``to_dict`` is turned back into one). Every other field means what it means for ``VAEConfig``."""
 
-    ``self.vae`` is an ordinary ``vae_utils.VAE`` (its encoder gives mu, logvar and the hidden
-    features h(x); its decoder is p_θ(x|z)); ``self.flow`` transforms the Gaussian sample.
-    There is deliberately no ``encode`` method: ``vu.evaluate_elbo`` and ``vu.estimate_log_likelihood``
-    assume a Gaussian q and would silently measure the base Gaussian; use this module's
-    ``evaluate_elbo`` and ``estimate_log_likelihood`` instead.
+    flow: FlowConfig = field(default_factory=FlowConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.flow, dict):
+            self.flow = FlowConfig(**self.flow)
+        if not isinstance(self.flow, FlowConfig):
+            raise ValueError(f"FlowVAEConfig.flow must be a FlowConfig, got {type(self.flow).__name__}")
+
+
+class FlowPosterior:
+    """q_φ(z_T|x): the Gaussian ``base`` [B, d] pushed through ``flow`` with the encoder's features as
+    ``context`` [B, c]. ``mu`` and ``logvar`` are the base's (what ``encode`` returns). ``log_prob`` of the
+    sample ``rsample`` just drew comes from the change of variables at no cost; of any other z it goes
+    through the flow's inverse (d sequential passes for an IAF)."""
+
+    def __init__(self, base: GaussianPosterior, flow: Flow, context: Tensor):
+        self.base, self.flow, self.context = base, flow, context
+        self.mu, self.logvar = base.mu, base.logvar
+        self._drawn: tuple[Tensor, Tensor] | None = None  # the last sample and its log-density
+
+    def rsample(self, n_samples: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Reparameterized z_T: [B, d], or [S, B, d] with n_samples = S."""
+        z0 = self.base.rsample(n_samples, generator)
+        z, log_det = self.flow(z0, self.context)
+        self._drawn = (z, self.base.log_prob(z0) - log_det)  # log q(z_T) = log q(z_0) - log|det|
+        return z
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log q_φ(z|x): z [..., B, d] -> [...]."""
+        if self._drawn is not None and z is self._drawn[0]:
+            return self._drawn[1]
+        z0 = self.flow.inverse(z, self.context)
+        return self.base.log_prob(z0) - self.flow(z0, self.context)[1]
+
+    def kl_to_prior(self) -> None:
+        """No closed form for a flow: the ELBO estimates the KL by Monte Carlo."""
+        return None
+
+
+class FlowVAE(VAE):
+    """A VAE whose posterior is the Gaussian encoder followed by a flow; everything else is the VAE's.
+
+    ``posterior(x)`` is a ``FlowPosterior``, so ``vu.vae_elbo`` (Monte Carlo KL), ``vu.fit``,
+    ``vu.evaluate_elbo`` and ``vu.estimate_log_likelihood`` measure the flow, not its Gaussian base.
     """
 
-    def __init__(self, vae_config: VAEConfig | None = None, flow_config: FlowConfig | None = None):
-        super().__init__()
-        self.vae = VAE(vae_config or VAEConfig())
-        self.config = self.vae.config
-        self.flow_config = flow_config or FlowConfig()
-        context_dim = self.vae.encoder.mu_head.in_features
-        self.flow = Flow(self.config.latent_dim, self.flow_config, context_dim)
+    config_class: ClassVar[type] = FlowVAEConfig
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
+    def __init__(self, config: FlowVAEConfig | None = None):
+        super().__init__(config)
+        self.flow = Flow(self.config.latent_dim, self.config.flow, context_dim=self.encoder.mu_head.in_features)
 
-    def encode_base(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x: [B, C, H, W] -> (mu [B, d], logvar [B, d], h [B, c]): the base Gaussian and the features."""
-        encoder = self.vae.encoder
-        h = encoder.trunk(x)
-        return encoder.mu_head(h), encoder.logvar_head(h), h
-
-    def sample_posterior(
-        self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """S samples z_T ~ q_φ(z|x) and their log-density: (z [S, B, d], log q_φ(z|x) [S, B]).
-
-        Reparameterized (differentiable in the encoder's and the flow's parameters).
-        """
-        mu, logvar, h = self.encode_base(x)
-        z0 = reparameterize(mu, logvar, n_samples, generator)  # [S, B, d]
-        z, log_det = self.flow(z0, h)
-        return z, log_normal_diag(z0, mu, logvar) - log_det
-
-    def decode(self, z: Tensor) -> Tensor:
-        """z: [..., d] -> decoded [..., C, H, W] (the VAE's decoder)."""
-        return self.vae.decode(z)
-
-    def log_likelihood(self, x: Tensor, decoded: Tensor) -> Tensor:
-        """log p_θ(x|z) summed over pixels: x [B, C, H, W], decoded [..., B, C, H, W] -> [..., B]."""
-        return self.vae.log_likelihood(x, decoded)
-
-    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p_θ(x, z): x [B, C, H, W], z [S, B, d] -> [S, B]."""
-        return self.vae.log_joint(x, z)
-
-    def mean_image(self, decoded: Tensor) -> Tensor:
-        return self.vae.mean_image(decoded)
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Mean images of n prior samples: [n, C, H, W]."""
-        return self.vae.sample(n, generator)
+    def posterior(self, x: Tensor, y: Tensor | None = None) -> FlowPosterior:
+        """q_φ(z|x) for images x: [B, C, H, W]: the encoder's Gaussian, then the flow (context h(x))."""
+        h = self.encoder.trunk(x)  # [B, c]
+        return FlowPosterior(GaussianPosterior(*self.encoder.heads(h)), self.flow, h)
 
     @torch.no_grad()
     def posterior_mean(self, x: Tensor, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
         """E_q[z] estimated with S samples: x [B, C, H, W] -> [B, d] (for active units)."""
-        return self.sample_posterior(x, n_samples, generator)[0].mean(0)
-
-
-def flow_elbo(model: FlowVAE, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None) -> ELBO:
-    """Monte Carlo ELBO of a ``FlowVAE`` per example (maximize): fields [B], in nats.
-
-    reconstruction = mean over S samples of log p_θ(x|z_T); kl = mean of log q_φ(z_T|x) - log p(z_T)
-    (a Monte Carlo estimate: no closed form for a flow; one estimate can be negative).
-    With ``steps = 0`` and the same generator state this equals
-    ``vae_elbo(model.vae, x, n_samples=S, analytic_kl=False, generator=...)`` exactly.
-    """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    z, log_q = model.sample_posterior(x, n_samples, generator)
-    reconstruction = model.log_likelihood(x, model.decode(z)).mean(0)
-    kl = (log_q - log_standard_normal(z)).mean(0)
-    return elbo_terms(reconstruction, kl)
-
-
-def flow_objective(n_samples: int = 1) -> Callable[[FlowVAE, Tensor], ELBO]:
-    """``objective(model, x) -> ELBO`` for training a FlowVAE; the loss is ``-objective(model, x).objective.mean()``."""
-
-    def objective(model: FlowVAE, x: Tensor) -> ELBO:
-        return flow_elbo(model, x, n_samples)
-
-    objective.__qualname__ = f"flow_objective(n_samples={n_samples})"
-    return objective
-
-
-# --------------------------------------------------------------------------- evaluation
-def _check_model(caller: str, model) -> None:
-    if not isinstance(model, FlowVAE):
-        raise TypeError(
-            f"flows.{caller} needs a FlowVAE, got {type(model).__name__}; for a plain VAE use vu.{caller}."
-        )
-
-
-@torch.no_grad()
-def evaluate_elbo(
-    model: FlowVAE,
-    data: ImageDataset | Tensor,
-    batch_size: int = 1000,
-    binarize_seed: int | None = EVAL_BINARIZE_SEED,
-    seed: int = 0,
-    n_samples: int = 1,
-) -> dict[str, float]:
-    """Means over examples of the FlowVAE's ELBO, reconstruction and Monte Carlo KL (nats), like
-    ``vu.evaluate_elbo``: an ImageDataset is binarized with ``binarize_seed`` first (None: as is), and the
-    noise comes from a CPU generator seeded with ``seed``, so the result is the same on every device.
-
-    Returns ``{"elbo", "reconstruction", "kl", "n"}``.
-    """
-    _check_model("evaluate_elbo", model)
-    batches = image_batches(data, batch_size, model.device, binarize_seed)
-    return mean_elbo_terms(model, batches, lambda x, generator: flow_elbo(model, x, n_samples, generator), seed,
-                           "flows.evaluate_elbo")
-
-
-@torch.no_grad()
-def estimate_log_likelihood(
-    model: FlowVAE,
-    data_or_x: ImageDataset | Tensor,
-    k: int = 5000,
-    batch_size: int = 50,
-    chunk_size: int = 50,
-    seed: int = 0,
-    progress: bool = True,
-    binarize_seed: int | None = EVAL_BINARIZE_SEED,
-) -> Tensor:
-    """Importance-weighted estimate of log p_θ(x) with the flow q_φ(z|x) as proposal: [N] on the CPU.
-
-    log (1/K) sum_k p_θ(x, z_k) / q_φ(z_k|x), z_k ~ q_φ(z|x), computed `chunk_size` samples at a
-    time with a running logaddexp (memory does not grow with K). Same conventions as
-    ``vu.estimate_log_likelihood``.
-    """
-    _check_model("estimate_log_likelihood", model)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (importance samples per example) must be an int >= 1, got {k!r}.")
-    device = model.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    estimates = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(data_or_x), desc=f"log p(x), flow q, K={k}", unit="img")
-    try:
-        for x in image_batches(data_or_x, batch_size, device, binarize_seed):
-            total = None
-            for start in range(0, k, chunk_size):
-                z, log_q = model.sample_posterior(x, min(chunk_size, k - start), generator)
-                chunk = torch.logsumexp(model.log_joint(x, z) - log_q, dim=0)  # [B]
-                total = chunk if total is None else torch.logaddexp(total, chunk)
-            estimates.append(total - math.log(k))
-            if bar is not None:
-                bar.update(x.shape[0])
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
-    return torch.cat(estimates).cpu()
-
-
-# --------------------------------------------------------------------------- training
-def train(
-    model: nn.Module,
-    train_data: ImageDataset,
-    epochs: int,
-    objective: Callable[[nn.Module, Tensor], ELBO],
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, list[float]]:
-    """``epochs`` passes of ``vu.train_epoch`` (the loop ``fit`` runs: Adam on
-    ``-objective(model, x).objective.mean()``, nats per example, minimized) on dynamically binarized
-    batches, seeded like ``fit`` so a FlowVAE and a VAE see the same batches.
-
-    Returns ``{"train_elbo": [...], "seconds": [...]}``, one entry per epoch (the mean training
-    objective over the epoch's batches, and the epoch's wall time).
-    """
-    device = model.device
-    seed_everything(seed)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    train_data = train_data.to(device)
-    optimizer = default_optimizer(model, lr)
-    history: dict[str, list[float]] = {"train_elbo": [], "seconds": []}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs * math.ceil(len(train_data) / batch_size), desc="training", unit="step")
-    try:
-        for _ in range(epochs):
-            start = time.perf_counter()
-            batches = train_data.batches(batch_size, generator=generator, binarize=True)
-            sums = train_epoch(model, ticking(batches, bar, every=1), optimizer, objective)
-            history["train_elbo"].append(float(sums["objective"] / sums["n"]))
-            history["seconds"].append(time.perf_counter() - start)
-    finally:
-        if bar is not None:
-            bar.close()
-    model.eval()
-    return history
-
-
-def load_or_train(
-    path: str | Path,
-    vae_config: VAEConfig,
-    flow_config: FlowConfig,
-    train_data: ImageDataset,
-    epochs: int,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    seed: int = 0,
-    progress: bool = True,
-) -> tuple[FlowVAE, dict[str, list[float]]]:
-    """A FlowVAE trained with ``train`` (ELBO, one sample), cached at ``path``.
-
-    The file is reused when every setting (configs, epochs, batch size, lr, seed, training-set
-    name and size) matches; otherwise the model is trained and saved. Returns (model, history).
-    """
-    path = Path(path)
-    settings = {
-        "vae_config": vae_config.to_dict(),
-        "flow_config": flow_config.to_dict(),
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-        "train_data": [train_data.name, len(train_data)],
-    }
-    model = FlowVAE(vae_config, flow_config).to(train_data.device)
-    if path.exists():
-        saved = torch.load(path, map_location=train_data.device, weights_only=True)
-        if saved.get("settings") == settings:
-            model.load_state_dict(saved["state_dict"])
-            return model.eval(), saved["history"]
-    history = train(model, train_data, epochs, flow_objective(), batch_size, lr, seed, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"settings": settings, "state_dict": model.state_dict(), "history": history}, tmp)
-    tmp.replace(path)
-    return model, history
+        check_model_inputs(self, x, None, "FlowVAE.posterior_mean")
+        return self.posterior(x).rsample(n_samples, generator).mean(0)
 
 
 # --------------------------------------------------------------------------- flows on a known density

@@ -24,7 +24,10 @@ class GaussianEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x: [N, C, H, W] -> (mu [N, d], logvar [N, d])."""
-        h = self.trunk(x)
+        return self.heads(self.trunk(x))
+
+    def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """The trunk's features h: [N, F] -> (mu [N, d], logvar [N, d])."""
         return self.mu_head(h), self.logvar_head(h)
 
 

@@ -7,37 +7,32 @@ Pure functions on tensors. Conventions (all values in nats):
 * the ELBO is maximized; the training loss is the NEGATIVE ELBO, MEAN over the batch;
 * a Gaussian is parameterized by its mean `mu` and log-variance `logvar` (diagonal covariance).
 
-The generic estimators (`elbo_monte_carlo`, `importance_weighted_bound`) work for any model
-that provides `log_joint(x: [B, ...], z: [S, B, d]) -> [S, B]`, the log-density log p(x, z).
+A model is anything with the protocol of ``vu.VAE`` (``FlowVAE`` and ``ConditionalVAE`` follow it too):
+``posterior(x, y=None)`` (q_φ(z|x), a distribution with ``rsample``, ``log_prob`` and ``kl_to_prior``), ``decoder_output(z, y=None)``, ``log_likelihood(x, decoded)`` and ``log_joint(x, z, y=None)``.
+A batch is images ``x: [B, C, H, W]``, or an ``(x, y)`` pair with labels ``y: [B]`` for a conditional model.
+The estimators on explicit Gaussians (``elbo_monte_carlo``, ``importance_weighted_bound``) need only
+``log_joint(x: [B, ...], z: [S, B, d]) -> [S, B]``, so the toy models work with them too.
+
+Nothing here checks its inputs (``vae_elbo`` does, then calls ``estimate_elbo``): the training and
+evaluation loops call these on batches that are valid by construction, without a host sync.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .validation import check_int, check_model_inputs, check_real
+
 __all__ = [
-    "log_normal_diag",
-    "log_standard_normal",
-    "gaussian_kl",
-    "gaussian_kl_per_dim",
-    "monte_carlo_kl",
-    "bernoulli_log_likelihood",
-    "gaussian_log_likelihood",
-    "ELBO",
-    "elbo_terms",
-    "vae_elbo",
-    "negative_elbo_loss",
-    "reparameterize",
-    "standard_normal",
-    "elbo_objective",
-    "iw_objective",
-    "elbo_monte_carlo",
-    "importance_weighted_bound",
+    "log_normal_diag", "log_standard_normal", "gaussian_kl", "gaussian_kl_per_dim", "monte_carlo_kl",
+    "bernoulli_log_likelihood", "gaussian_log_likelihood", "ELBO", "elbo_terms", "GaussianPosterior",
+    "split_batch", "estimate_elbo", "vae_elbo", "negative_elbo_loss", "reparameterize", "standard_normal",
+    "elbo_objective", "iw_objective", "iw_bound", "elbo_monte_carlo", "importance_weighted_bound",
     "effective_sample_size",
 ]
 
@@ -115,7 +110,7 @@ def monte_carlo_kl(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     return (log_normal_diag(z, mu, logvar) - log_standard_normal(z)).mean(0)
 
 
-# --------------------------------------------------------------------------- the VAE ELBO
+# --------------------------------------------------------------------------- the ELBO
 class ELBO(NamedTuple):
     """Per-example terms of a training objective, each [B], in nats.
 
@@ -140,92 +135,6 @@ def elbo_terms(reconstruction: Tensor, kl: Tensor, beta: float = 1.0) -> ELBO:
     return ELBO(reconstruction - beta * kl, reconstruction, kl)
 
 
-def vae_elbo(
-    model,
-    x: Tensor,
-    beta: float = 1.0,
-    n_samples: int = 1,
-    analytic_kl: bool = True,
-    generator: torch.Generator | None = None,
-) -> ELBO:
-    """Reparameterized Monte Carlo estimate of a VAE's ELBO for each example (maximize it).
-
-    model: a `vae_utils.VAE` (anything with encode / reparameterize / decode / log_likelihood).
-    x: [B, C, H, W]. The reconstruction term E_q[log p(x|z)] is the MEAN over `n_samples`
-    reparameterized z ~ q(z|x), summed over pixels; the KL term is the closed form
-    (`analytic_kl=True`, the default: lower variance) or the Monte Carlo estimate on the same
-    samples. Returns ELBO with fields [B]; objective = reconstruction - beta * kl. Gradients flow to
-    both encoder and decoder. The training loss is `negative_elbo_loss(vae_elbo(...))`.
-    """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    mu, logvar = model.encode(x)
-    z = model.reparameterize(mu, logvar, n_samples=n_samples, generator=generator)  # [S, B, d]
-    reconstruction = model.log_likelihood(x, model.decode(z)).mean(0)  # [S, B] -> [B]
-    kl = gaussian_kl(mu, logvar) if analytic_kl else monte_carlo_kl(z, mu, logvar)
-    return elbo_terms(reconstruction, kl, beta)
-
-
-def negative_elbo_loss(elbo: ELBO) -> Tensor:
-    """The training loss: -elbo.objective MEAN over the batch (a scalar, nats per example; minimize)."""
-    return -elbo.objective.mean()
-
-
-# --------------------------------------------------------------------------- training objectives
-Objective = Callable[..., ELBO]
-
-
-def elbo_objective(beta: float = 1.0) -> Objective:
-    """The VAE objective ``objective(model, x) -> ELBO``: `vae_elbo` with one reparameterized sample.
-
-    x: [B, C, H, W]. The returned ELBO's fields are [B]; ``objective = reconstruction - beta * kl``
-    (beta = 1: the ELBO; beta > 1: a beta-VAE). Training maximizes ``objective.mean()``, i.e. minimizes
-    ``-objective(model, x).objective.mean()`` (nats per example).
-    """
-    beta = _check_real("beta", beta, minimum=0.0)
-
-    def objective(model, x: Tensor) -> ELBO:
-        return vae_elbo(model, x, beta=beta)
-
-    objective.__qualname__ = f"elbo_objective(beta={beta:g})"
-    return objective
-
-
-def iw_objective(k: int) -> Objective:
-    """The importance-weighted (IWAE) objective with K samples, ``objective(model, x) -> ELBO``.
-
-    x: [B, C, H, W]; K reparameterized z_k ~ q(z|x) per example. The fields, each [B]:
-      * ``objective``: the K-sample bound log (1/K) sum_k p(x, z_k) / q(z_k|x) (Burda et al., 2016),
-        the quantity IWAE training maximizes; K = 1 is the single-sample ELBO, and it rises toward
-        log p(x) as K grows;
-      * ``reconstruction``: E_q log p(x|z) estimated as the MEAN of log p(x|z_k) over the same K
-        samples (summed over pixels);
-      * ``kl``: the closed-form KL(q(z|x) || p(z)) (summed over latent dimensions).
-    So ``elbo`` (= reconstruction - kl) is the K-sample ELBO estimate (<= ``objective`` on average),
-    reported next to the bound. The training loss is ``-objective(model, x).objective.mean()``.
-    """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"iw_objective: k (importance samples) must be an int >= 1, got {k!r}.")
-
-    def objective(model, x: Tensor) -> ELBO:
-        mu, logvar = model.encode(x)  # [B, d] each
-        z = model.reparameterize(mu, logvar, n_samples=k)  # [K, B, d]
-        log_px_given_z = model.log_likelihood(x, model.decode(z))  # [K, B]
-        log_w = log_px_given_z + log_standard_normal(z) - log_normal_diag(z, mu, logvar)  # [K, B]
-        bound = torch.logsumexp(log_w, dim=0) - math.log(k)  # [B]
-        return ELBO(bound, log_px_given_z.mean(0), gaussian_kl(mu, logvar))
-
-    objective.__qualname__ = f"iw_objective(k={k})"
-    return objective
-
-
-def _check_real(name: str, value, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}.")
-    return float(value)
-
-
-# --------------------------------------------------------------------------- generic estimators
 def standard_normal(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """N(0, 1) noise of `shape` with like's dtype and device.
 
@@ -234,14 +143,11 @@ def standard_normal(shape: tuple[int, ...], like: Tensor, generator: torch.Gener
     """
     if generator is None or generator.device == like.device:
         return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
-    noise = torch.randn(shape, generator=generator, dtype=like.dtype, device=generator.device)
-    return noise.to(like.device)
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device=generator.device).to(like.device)
 
 
-
-def reparameterize(
-    mu: Tensor, logvar: Tensor, n_samples: int | None = None, generator: torch.Generator | None = None
-) -> Tensor:
+def reparameterize(mu: Tensor, logvar: Tensor, n_samples: int | None = None,
+                   generator: torch.Generator | None = None) -> Tensor:
     """z = mu + exp(logvar / 2) * eps with eps ~ N(0, I): a sample of q = N(mu, diag exp(logvar)).
 
     mu, logvar: [B, d] -> z: [B, d], or [S, B, d] with n_samples = S. Differentiable in mu and logvar.
@@ -251,73 +157,169 @@ def reparameterize(
     return mu + torch.exp(0.5 * logvar) * standard_normal(shape, mu, generator)
 
 
-def _log_importance_weights(
-    log_joint: LogJoint, x: Tensor, mu: Tensor, logvar: Tensor, n: int, generator
-) -> Tensor:
-    """log p(x, z) - log q(z|x) for n reparameterized z ~ q: [n, B]."""
-    z = reparameterize(mu, logvar, n, generator)  # [n, B, d]
-    return log_joint(x, z) - log_normal_diag(z, mu, logvar)
+class GaussianPosterior(NamedTuple):
+    """q = N(mu, diag exp(logvar)) with mu, logvar: [B, d]; what ``VAE.posterior`` returns. Like every
+    posterior of the library it has ``rsample``, ``log_prob`` and ``kl_to_prior``."""
+
+    mu: Tensor
+    logvar: Tensor
+
+    def rsample(self, n_samples: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Reparameterized samples: z [B, d], or [S, B, d] with n_samples = S."""
+        return reparameterize(self.mu, self.logvar, n_samples, generator)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log q(z), summed over the latent dimensions: z [..., B, d] -> [..., B]."""
+        return log_normal_diag(z, self.mu, self.logvar)
+
+    def kl_to_prior(self) -> Tensor:
+        """KL(q || N(0, I)) in closed form, summed over the latent dimensions: [B]."""
+        return gaussian_kl(self.mu, self.logvar)
 
 
-def elbo_monte_carlo(
-    log_joint: LogJoint,
-    x: Tensor,
-    mu: Tensor,
-    logvar: Tensor,
-    n_samples: int = 1,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Monte Carlo ELBO E_q[log p(x, z) - log q(z|x)] for q = N(mu, diag exp(logvar)). Maximize.
+def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
+    """A batch as (x, y): images x alone (y None), or a conditional model's (x, y) pair."""
+    return (batch, None) if isinstance(batch, Tensor) else (batch[0], batch[1])
 
-    log_joint(x, z: [S, B, d]) -> [S, B]; x: [B, ...]; mu, logvar: [B, d].
-    Returns [B]: the MEAN over `n_samples` reparameterized samples (differentiable in mu, logvar).
-    With the same generator state it uses the same samples as `importance_weighted_bound` with
-    k = n_samples = 1, and then the two agree exactly.
+
+def estimate_elbo(model, x: Tensor, y: Tensor | None = None, beta: float = 1.0, n_samples: int = 1,
+                  analytic_kl: bool = True, generator: torch.Generator | None = None) -> ELBO:
+    """Reparameterized Monte Carlo estimate of the ELBO for each example (maximize it); no input checks.
+
+    x: [B, C, H, W] (y: [B] labels for a conditional model). reconstruction = E_q[log p(x|z)], the MEAN
+    over ``n_samples`` z ~ q(z|x), summed over pixels; kl = KL(q(z|x) || p(z)) in closed form where q has
+    one (``analytic_kl=True``: lower variance) and otherwise the Monte Carlo estimate on the same samples.
+    Returns ELBO with fields [B]; objective = reconstruction - beta * kl. Gradients reach both networks.
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    return _log_importance_weights(log_joint, x, mu, logvar, n_samples, generator).mean(0)
+    q = model.posterior(x, y)
+    z = q.rsample(n_samples, generator)  # [S, B, d]
+    reconstruction = model.log_likelihood(x, model.decoder_output(z, y)).mean(0)  # [S, B] -> [B]
+    kl = q.kl_to_prior() if analytic_kl else None
+    if kl is None:  # asked for, or a flow posterior, which has no closed form
+        kl = (q.log_prob(z) - log_standard_normal(z)).mean(0)
+    return elbo_terms(reconstruction, kl, beta)
 
 
-def importance_weighted_bound(
-    log_joint: LogJoint,
-    x: Tensor,
-    mu: Tensor,
-    logvar: Tensor,
-    k: int,
-    chunk_size: int | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Importance-weighted bound log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q. Maximize; <= log p(x).
+def vae_elbo(model, x: Tensor, beta: float = 1.0, n_samples: int = 1, analytic_kl: bool = True,
+             generator: torch.Generator | None = None, y: Any = None) -> ELBO:
+    """``estimate_elbo`` for images you pass in: x is checked first (a tensor of the model's image shape,
+    dtype and device, values in [0, 1]; one host sync), and so are the labels y of a conditional model.
 
-    log_joint(x, z: [S, B, d]) -> [S, B]; x: [B, ...]; q = N(mu, diag exp(logvar)), mu, logvar: [B, d].
-    Returns [B] in nats. K = 1 is the single-sample ELBO estimate; as K grows the bound rises
-    toward log p(x), so with large K (e.g. 5000) it is the standard log-likelihood estimate.
-
-    Computed in log-space: the K samples are drawn `chunk_size` at a time (None: all at once),
-    each chunk is reduced with logsumexp and the chunk results are combined with a running
-    logaddexp, so memory is O(chunk_size * B * d) whatever K is. Differentiable (the IWAE
-    objective); wrap the call in torch.no_grad() when only evaluating.
+    model: a ``vu.VAE``, ``FlowVAE`` or ``ConditionalVAE``. x: [B, C, H, W]. Returns ELBO with fields [B]:
+    reconstruction (mean over ``n_samples`` z ~ q(z|x), summed over pixels), kl, and objective =
+    reconstruction - beta * kl. The training loss is ``negative_elbo_loss(vae_elbo(...))``.
     """
-    if k < 1:
-        raise ValueError(f"k (the number of importance samples) must be >= 1, got {k}")
-    if chunk_size is None:
-        chunk_size = k
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    y = check_model_inputs(model, x, y, "vae_elbo")
+    check_int("vae_elbo", "n_samples", n_samples, 1)
+    return estimate_elbo(model, x, y, beta, n_samples, analytic_kl, generator)
+
+
+def negative_elbo_loss(elbo: ELBO) -> Tensor:
+    """The training loss: -elbo.objective MEAN over the batch (a scalar, nats per example; minimize)."""
+    return -elbo.objective.mean()
+
+
+# --------------------------------------------------------------------------- training objectives
+Objective = Callable[[Any, Any], ELBO]
+
+
+def elbo_objective(beta: float = 1.0) -> Objective:
+    """The VAE objective ``objective(model, batch) -> ELBO``: ``estimate_elbo`` with one sample.
+
+    batch: x [B, C, H, W], or (x, y). The fields are [B]; ``objective = reconstruction - beta * kl``
+    (beta = 1: the ELBO; beta > 1: a beta-VAE). Training minimizes ``-objective(model, x).objective.mean()``
+    (nats per example).
+    """
+    beta = check_real("elbo_objective", "beta", beta)
+
+    def objective(model, batch) -> ELBO:
+        return estimate_elbo(model, *split_batch(batch), beta=beta)
+
+    objective.__qualname__ = f"elbo_objective(beta={beta:g})"
+    return objective
+
+
+def iw_objective(k: int) -> Objective:
+    """The importance-weighted (IWAE) objective with K samples, ``objective(model, batch) -> ELBO``.
+
+    batch: x [B, C, H, W], or (x, y); K reparameterized z_k ~ q(z|x) per example. The fields, each [B]:
+      * ``objective``: the K-sample bound log (1/K) sum_k p(x, z_k) / q(z_k|x) (Burda et al., 2016),
+        the quantity IWAE training maximizes; K = 1 is the single-sample ELBO, and it rises toward
+        log p(x) as K grows;
+      * ``reconstruction``: E_q log p(x|z) estimated as the MEAN of log p(x|z_k) over the same K samples;
+      * ``kl``: KL(q(z|x) || p(z)), in closed form where q has one (else on the same samples).
+    So ``elbo`` (= reconstruction - kl) is the K-sample ELBO estimate (<= ``objective`` on average),
+    reported next to the bound. The training loss is ``-objective(model, x).objective.mean()``.
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"iw_objective: k (importance samples) must be an int >= 1, got {k!r}.")
+
+    def objective(model, batch) -> ELBO:
+        x, y = split_batch(batch)
+        q = model.posterior(x, y)
+        z = q.rsample(k)  # [K, B, d]
+        log_px_given_z = model.log_likelihood(x, model.decoder_output(z, y))  # [K, B]
+        log_w = log_px_given_z + log_standard_normal(z) - q.log_prob(z)  # [K, B]
+        bound, reconstruction = torch.logsumexp(log_w, dim=0) - math.log(k), log_px_given_z.mean(0)
+        kl = q.kl_to_prior()
+        return ELBO(bound, reconstruction, (q.log_prob(z) - log_standard_normal(z)).mean(0) if kl is None else kl)
+
+    objective.__qualname__ = f"iw_objective(k={k})"
+    return objective
+
+
+# --------------------------------------------------------------------------- the importance-weighted bound
+def iw_bound(log_p: Callable[[Tensor], Tensor], q, k: int, chunk_size: int | None = None,
+             generator: torch.Generator | None = None) -> Tensor:
+    """log (1/K) sum_k p(x, z_k) / q(z_k), z_k ~ q: the one importance-weighted loop of the library.
+
+    log_p(z: [S, B, d]) -> [S, B], the log joint at x; q: a posterior (``rsample``, ``log_prob``). Returns
+    [B] in nats. The K samples are drawn ``chunk_size`` at a time (None: all at once), each chunk reduced
+    with logsumexp and the chunks combined with a running logaddexp: memory O(chunk_size * B * d) for any K.
+    """
+    chunk_size = k if chunk_size is None else chunk_size
     total = None
     for start in range(0, k, chunk_size):
-        n = min(chunk_size, k - start)
-        log_w = _log_importance_weights(log_joint, x, mu, logvar, n, generator)  # [n, B]
-        chunk = torch.logsumexp(log_w, dim=0)  # [B]
+        z = q.rsample(min(chunk_size, k - start), generator)  # [n, B, d]
+        chunk = torch.logsumexp(log_p(z) - q.log_prob(z), dim=0)  # [B]
         total = chunk if total is None else torch.logaddexp(total, chunk)
     return total - math.log(k)
 
 
-def effective_sample_size(log_weights: Tensor) -> Tensor:
-    """Effective sample size (sum_s w_s)^2 / sum_s w_s^2 of importance weights, in [1, S].
+def elbo_monte_carlo(log_joint: Callable[[Tensor, Tensor], Tensor], x: Tensor, mu: Tensor, logvar: Tensor,
+                     n_samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
+    """Monte Carlo ELBO E_q[log p(x, z) - log q(z|x)] for q = N(mu, diag exp(logvar)). Maximize.
 
-    log_weights: [S, B] (unnormalized log w = log p(x, z) - log q(z|x)) -> [B]. Computed in
+    log_joint(x, z: [S, B, d]) -> [S, B]; x: [B, ...]; mu, logvar: [B, d]. Returns [B]: the MEAN over
+    ``n_samples`` reparameterized samples (differentiable in mu, logvar). With the same generator state it
+    uses the same samples as ``importance_weighted_bound`` with k = n_samples = 1, and then the two agree.
+    """
+    check_int("elbo_monte_carlo", "n_samples", n_samples, 1)
+    q = GaussianPosterior(mu, logvar)
+    z = q.rsample(n_samples, generator)
+    return (log_joint(x, z) - q.log_prob(z)).mean(0)
+
+
+def importance_weighted_bound(log_joint: Callable[[Tensor, Tensor], Tensor], x: Tensor, mu: Tensor,
+                              logvar: Tensor, k: int, chunk_size: int | None = None,
+                              generator: torch.Generator | None = None) -> Tensor:
+    """Importance-weighted bound log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q. Maximize; <= log p(x).
+
+    log_joint(x, z: [S, B, d]) -> [S, B]; x: [B, ...]; q = N(mu, diag exp(logvar)), mu, logvar: [B, d].
+    Returns [B] in nats. K = 1 is the single-sample ELBO estimate; as K grows the bound rises toward
+    log p(x), so with large K (e.g. 5000) it is the standard log-likelihood estimate. Chunked as
+    ``iw_bound``. Differentiable (the IWAE objective); wrap the call in torch.no_grad() when evaluating.
+    """
+    check_int("importance_weighted_bound", "k", k, 1)
+    if chunk_size is not None:
+        check_int("importance_weighted_bound", "chunk_size", chunk_size, 1)
+    return iw_bound(lambda z: log_joint(x, z), GaussianPosterior(mu, logvar), k, chunk_size, generator)
+
+
+def effective_sample_size(log_weights: Tensor) -> Tensor:
+    """Effective sample size (sum_k w_k)^2 / sum_k w_k^2 of importance weights, in [1, K].
+
+    log_weights: [K, B] (unnormalized log w = log p(x, z) - log q(z|x)) -> [B]. Computed in
     log-space, so weights that would under/overflow in exp are fine.
     """
     return torch.exp(2.0 * torch.logsumexp(log_weights, 0) - torch.logsumexp(2.0 * log_weights, 0))

@@ -2,7 +2,7 @@
 
 Notebook 04 trains this model in front of the reader. Notebooks 05 and 06 reuse it; on a fresh Binder or
 Colab session where 04 has not run, ``vu.tutorial.default_model`` starts from the shipped file instead of
-training again for minutes. The file is an ordinary ``save_checkpoint`` file (``weights_only`` loading,
+training again for minutes (this module builds on ``vu.tutorial``, never the other way round). The file is an ordinary ``save_checkpoint`` file (``weights_only`` loading,
 no optimizer state) with the model and training configs and the training set's name and size, so
 ``load_or_train`` accepts it only for exactly the run that produced it.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -29,12 +28,12 @@ import torch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluation import evaluate_elbo
 from .model import VAE
-from .runs import load_or_train, same_run
-from .tutorial import Settings, settings
+from .runs import load_or_train
+from .tutorial import SHIPPED_WEIGHTS, Settings, settings
 
-__all__ = ["WEIGHTS", "RECORD", "settings_of_shipped_model", "record", "load", "install", "rebuild"]
+__all__ = ["WEIGHTS", "RECORD", "settings_of_shipped_model", "record", "load", "rebuild", "check"]
 
-WEIGHTS = Path(__file__).resolve().parent / "weights" / "fashion-mnist_mlp20.pt"
+WEIGHTS = SHIPPED_WEIGHTS  # vu.tutorial.default_model starts from it where the settings match
 RECORD = WEIGHTS.with_suffix(".json")
 
 
@@ -51,19 +50,6 @@ def record() -> dict[str, Any]:
 def load(device: torch.device | str | None = None) -> VAE:
     """The shipped model, in eval mode, on ``device`` (None: cuda, mps, then cpu)."""
     return load_checkpoint(WEIGHTS, device=device).model.eval()
-
-
-def install(s: Settings, train_data) -> bool:
-    """Copy the shipped checkpoint to ``s.checkpoint`` when ``s`` and ``train_data`` ask for exactly the
-    shipped run and no checkpoint is there yet. Returns whether it copied. Never replaces a file."""
-    if s.checkpoint.exists() or not WEIGHTS.is_file():
-        return False
-    shipped = load_checkpoint(WEIGHTS, device="cpu")
-    if not same_run(shipped, s.model_config(), s.train_config(), train_data):
-        return False
-    s.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(WEIGHTS, s.checkpoint)
-    return True
 
 
 def rebuild(progress: bool = True) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Training runs that are trained once and reused: ``load_or_train``.
 
-A run is a checkpoint at a path together with what produced it: the model config, the training
-config (the device, cuda_graph and compile aside) and the training data (its name and number of
+A run is a checkpoint at a path together with what produced it: the model's class and config, the
+training config (the device, cuda_graph and compile aside) and the training data (its name and number of
 images, recorded by ``save_checkpoint(..., train_data=...)``). ``load_or_train`` loads the checkpoint
-when all three match and trains (and saves) otherwise. The notebooks and ``python -m vae_utils train``
-both go through it, so a model trained by one is reused by the other.
+when all of them match and trains (and saves) otherwise, for a VAE, a FlowVAE or a ConditionalVAE alike.
+The notebooks and ``python -m vae_utils train`` both go through it, so a model trained by one is reused
+by the other.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import torch
 
 from .checkpoint import Checkpoint, CheckpointError, data_key, load_checkpoint, save_checkpoint
 from .device import pick_device
-from .model import VAE, VAEConfig
-from .training import FitResult, History, TrainConfig, default_optimizer, fit
+from .model import VAEConfig
+from .models import build_model
+from .train_config import TrainConfig
+from .training import FitResult, History, default_optimizer, fit
 
 __all__ = ["load_or_train", "find_run", "same_run"]
 
@@ -28,7 +31,8 @@ def same_run(checkpoint: Checkpoint, model_config: VAEConfig, train_config: Trai
     """Whether ``checkpoint`` was trained with these configs (the device, cuda_graph and compile aside)
     on this training set."""
     return (
-        checkpoint.model.config.to_dict() == model_config.to_dict()
+        type(checkpoint.model.config) is type(model_config)
+        and checkpoint.model.config.to_dict() == model_config.to_dict()
         and checkpoint.train_config is not None
         and _without_device(checkpoint.train_config) == _without_device(train_config)
         and checkpoint.metadata.get("train_data") == data_key(train_data)
@@ -77,11 +81,11 @@ def load_or_train(
     metadata: dict | None = None,
     overwrite: bool = True,
 ) -> FitResult:
-    """Load the model at ``path`` if it was trained with the same ``model_config`` and
-    ``train_config`` (the device, cuda_graph and compile aside) on the same training data (its name
-    and size); otherwise train a new ``VAE(model_config)`` with ``fit`` and save it there. Either way
-    returns a ``FitResult`` with the model, its training history and an Adam optimizer holding the stored
-    state.
+    """Load the model at ``path`` if it was trained with the same ``model_config`` (a ``VAEConfig``,
+    ``FlowVAEConfig`` or ``ConditionalVAEConfig``) and ``train_config`` (the device, cuda_graph and compile
+    aside) on the same training data (its name and size); otherwise train the model the config is for with
+    ``fit`` and save it there. Either way returns a ``FitResult`` with the model, its training history and
+    an Adam optimizer holding the stored state.
 
     ``callback`` is passed to ``fit`` (e.g. a ``LiveLossPlot``); it is not called when loading.
     A checkpoint with other configs or data is replaced by the new training run, unless
@@ -90,10 +94,8 @@ def load_or_train(
     ``metadata``: extra plain values stored with a new checkpoint (e.g. the data set's name).
     """
     if not isinstance(model_config, VAEConfig) or not isinstance(train_config, TrainConfig):
-        raise TypeError(
-            "load_or_train needs a VAEConfig and a TrainConfig, got "
-            f"{type(model_config).__name__} and {type(train_config).__name__}."
-        )
+        raise TypeError("load_or_train needs a model config (VAEConfig, FlowVAEConfig or ConditionalVAEConfig) and a "
+                        f"TrainConfig, got {type(model_config).__name__} and {type(train_config).__name__}.")
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"load_or_train: {path} is a folder; give the checkpoint file's path, e.g. {path / 'checkpoint.pt'}.")
@@ -107,7 +109,7 @@ def load_or_train(
         )
     if model_config.seed is None:
         torch.manual_seed(train_config.seed)  # the initial weights then come from the global RNG
-    result = fit(VAE(model_config), train_data, test_data, train_config, callback=callback, progress=progress)
+    result = fit(build_model(model_config), train_data, test_data, train_config, callback=callback, progress=progress)
     if not result.interrupted:
         save_checkpoint(path, result.model, result.optimizer, result.history, train_config, metadata,
                         train_data=train_data)

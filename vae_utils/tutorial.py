@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checkpoint import load_checkpoint
 from .data import ImageDataset, load_dataset
 from .device import pick_device
 from .model import VAEConfig
-from .runs import load_or_train
-from .training import FitResult, TrainConfig
+from .runs import load_or_train, same_run
+from .train_config import TrainConfig
+from .training import FitResult
 
-__all__ = ["Settings", "settings", "is_quick", "default_model", "check", "Verdict"]
+__all__ = ["Settings", "settings", "is_quick", "default_model", "check", "Verdict", "SHIPPED_WEIGHTS"]
 
 QUICK_ENV = "VAE_TUTORIAL_QUICK"
+# The series' default model, trained in the full setting and shipped with the package (vae_utils.pretrained).
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "fashion-mnist_mlp20.pt"
 
 
 def is_quick() -> bool:
@@ -97,14 +102,20 @@ def default_model(s: Settings, train: ImageDataset, test: ImageDataset | None = 
                   progress: bool = True, callback=None) -> FitResult:
     """The series' model: loaded from ``s.checkpoint`` if it was trained with these settings on this
     training set, trained there otherwise (``vu.load_or_train``). Where no checkpoint exists yet and the
-    settings are exactly those of the model shipped with the package (the full setting, see
-    ``vu.pretrained``), the shipped weights are copied there first, so a fresh Binder or Colab session
-    does not train for minutes before notebook 05 or 06 can start."""
-    from .pretrained import install  # late: pretrained builds on this module
-
-    install(s, train)
+    settings are exactly those of the model shipped with the package (``SHIPPED_WEIGHTS``, the full setting;
+    see ``vu.pretrained``), the shipped file is copied there first, so a fresh Binder or Colab session does
+    not train for minutes before notebook 05 or 06 can start. An existing checkpoint is never replaced."""
+    _start_from_shipped_weights(s, train)
     return load_or_train(s.checkpoint, s.model_config(), s.train_config(), train, test,
                          progress=progress, callback=callback)
+
+
+def _start_from_shipped_weights(s: Settings, train: ImageDataset) -> None:
+    if s.checkpoint.exists() or not SHIPPED_WEIGHTS.is_file():
+        return
+    if same_run(load_checkpoint(SHIPPED_WEIGHTS, device="cpu"), s.model_config(), s.train_config(), train):
+        s.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHIPPED_WEIGHTS, s.checkpoint)
 
 
 class Verdict:

@@ -30,18 +30,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image as PILImage
 from PIL import features as PILFeatures
 
-from .model import check_images
+from .validation import check_images
 
-__all__ = [
-    "LiveFigure",
-    "connect_controls",
-    "LatentExplorer",
-    "InterpolationExplorer",
-    "latent_explorer",
-    "interpolation_explorer",
-    "interpolate_codes",
-    "image_to_png",
-]
+__all__ = ["LiveFigure", "connect_controls", "LatentExplorer", "InterpolationExplorer", "latent_explorer",
+           "interpolation_explorer", "class_explorer", "style_explorer", "interpolate_codes", "image_to_png"]
 
 
 def image_to_png(image: torch.Tensor, scale: int = 6) -> bytes:
@@ -129,17 +121,16 @@ def _single_image(model: torch.nn.Module, x, caller: str = "latent_explorer") ->
 
 
 class _DecodedImage:
-    """Decode codes to PNG bytes for an ipywidgets.Image."""
+    """Decode codes to PNG bytes for an ipywidgets.Image (a conditional model's with label ``y``)."""
 
-    def __init__(self, model: torch.nn.Module, scale: int):
-        self.model = model
-        self.scale = scale
+    def __init__(self, model: torch.nn.Module, scale: int, y: int | None = None):
+        self.model, self.scale, self.y = model, scale, y
 
     @torch.no_grad()
     def png(self, z: torch.Tensor) -> bytes:
         """z: [d] -> PNG bytes of the decoder's mean image."""
         reference = next(self.model.parameters())
-        decoded = self.model.decode(z.to(reference.device, reference.dtype).view(1, -1))
+        decoded = self.model.decode(z.to(reference.device, reference.dtype).view(1, -1), self.y)
         return image_to_png(self.model.mean_image(decoded)[0], self.scale)
 
 
@@ -165,6 +156,8 @@ class LatentExplorer(widgets.VBox):
     ``mean_image``, ``encode``, ``device``). x: optional image [C, H, W] (or [1, C, H, W]); the sliders
     then start at its encoder mean and the input is shown beside the decoded image; otherwise at 0
     (the prior mean). span: sliders run over [-span, span], widened to include the starting code.
+    y: a conditional model's label (of x, and of the decoded images; ``class_explorer`` changes it).
+    dims: sliders for the first ``dims`` latent dimensions only (None: all); the others stay at the start.
 
     Attributes: ``sliders`` (list of FloatSlider), ``image`` (ipywidgets.Image), ``start`` ([d], the
     starting code), ``decoded_z`` ([d], the code behind the current image), ``image_bytes``,
@@ -179,6 +172,8 @@ class LatentExplorer(widgets.VBox):
         step: float = 0.01,
         scale: int = 6,
         continuous_update: bool = True,
+        y: int | None = None,
+        dims: int | None = None,
     ):
         _check_model(model, "latent_explorer")
         _positive("latent_explorer", "span", span)
@@ -186,14 +181,15 @@ class LatentExplorer(widgets.VBox):
         _positive("latent_explorer", "scale", scale, integer=True)
         d = model.config.latent_dim
         self.model = model
-        self._decoder = _DecodedImage(model, scale)
+        self._decoder = _DecodedImage(model, scale, y)
         if x is None:
             start = torch.zeros(d)
         else:
             with torch.no_grad():
-                mu, _ = model.encode(_single_image(model, x, "latent_explorer"))
+                mu, _ = model.encode(_single_image(model, x, "latent_explorer"), None if y is None else [y])
             start = mu[0].detach().cpu().double()
         self.start = start.float()
+        d = d if dims is None else min(dims, d)
         limit = max(span, math.ceil(float(start.abs().max()) * 10) / 10) if d else span
         self.sliders = [
             widgets.FloatSlider(
@@ -232,15 +228,16 @@ class LatentExplorer(widgets.VBox):
         self.add_class("vae-latent-explorer")
 
     def values(self) -> torch.Tensor:
-        """The code the sliders show now, [d] (float32)."""
-        return torch.tensor([s.value for s in self.sliders], dtype=torch.float32)
+        """The code the sliders show now, [d] (float32); dimensions without a slider keep their start."""
+        z = self.start.clone()
+        z[: len(self.sliders)] = torch.tensor([s.value for s in self.sliders], dtype=torch.float32)
+        return z
 
     def set_values(self, z: torch.Tensor) -> None:
-        """Move every slider to z ([d]) and redraw once."""
-        z = torch.as_tensor(z).detach().cpu()
+        """Move every slider to z ([d], or the first values of it) and redraw once."""
+        z = torch.as_tensor(z).detach().cpu().flatten()[: len(self.sliders)]
         if z.numel() != len(self.sliders):
             raise ValueError(f"set_values expects a code with {len(self.sliders)} values, got shape {list(z.shape)}")
-        z = z.reshape(len(self.sliders))
         if not bool(torch.isfinite(z).all()):
             raise ValueError(f"set_values expects finite values, got {z.tolist()}")
         for slider in self.sliders:
@@ -374,6 +371,51 @@ def interpolation_explorer(
 ) -> InterpolationExplorer:
     """Slide t from 0 to 1 between the codes of images x_a and x_b (see ``InterpolationExplorer``)."""
     return InterpolationExplorer(model, x_a, x_b, method=method, **kwargs)
+
+
+def class_explorer(model: torch.nn.Module, classes: list[str] | None = None, dims: int = 5, span: float = 3.0,
+                   scale: int = 6) -> LatentExplorer:
+    """A conditional VAE's ``LatentExplorer`` with class buttons (ToggleButtons) above its sliders: the
+    decoded mean image of p_θ(x|z, y) for the chosen class y and the code of the first ``dims`` sliders (the
+    other dimensions stay 0). Works with ipywidgets 7 and 8. The explorer gets a ``buttons`` attribute."""
+    classes = classes or [str(k) for k in range(model.config.num_classes)]
+    explorer = LatentExplorer(model, span=span, scale=scale, step=0.05, y=0, dims=dims)
+    buttons = widgets.ToggleButtons(options=[(name, k) for k, name in enumerate(classes)], value=0,
+                                    style={"button_width": "80px"})
+
+    def pick(change: dict) -> None:
+        explorer._decoder.y = change["new"]
+        explorer.update()
+
+    buttons.observe(pick, names="value")
+    explorer.children, explorer.buttons = (buttons, *explorer.children), buttons
+    return explorer
+
+
+def style_explorer(model: torch.nn.Module, x: torch.Tensor, y, classes: list[str] | None = None,
+                   scale: int = 3) -> widgets.VBox:
+    """Pick one of the images x [B, C, H, W] (labels y [B]) with a Dropdown; shows it and its code (the
+    posterior mean of q_φ(z|x, y)) decoded with each of the K labels (``vu.conditional.style_transfer``).
+    Returns a VBox with attributes ``picker``, ``image`` and ``update()``."""
+    from .conditional import style_transfer
+
+    classes = classes or [str(k) for k in range(model.config.num_classes)]
+    rows = style_transfer(model, x, y).cpu()  # [B, K, C, H, W]
+    labels = torch.as_tensor(y).tolist()
+    picker = widgets.Dropdown(options=[(f"test image {i} ({classes[c]})", i) for i, c in enumerate(labels)],
+                              value=0, description="image")
+    image, caption = widgets.Image(format="png"), widgets.HTML("input, gap, then decoded as: " + ", ".join(classes))
+
+    def update(_=None):
+        i = picker.value
+        row = torch.cat([x[i : i + 1].cpu(), torch.ones_like(x[i : i + 1].cpu()), rows[i]])  # [2 + K, C, H, W]
+        image.value = image_to_png(torch.cat([*row.unbind()], dim=-1), scale)  # side by side
+
+    picker.observe(update, names="value")
+    update()
+    box = widgets.VBox([picker, image, caption])
+    box.picker, box.image, box.update = picker, image, update
+    return box
 
 
 class LiveFigure:
