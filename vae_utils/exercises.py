@@ -1,10 +1,9 @@
 """Checkers for the four pieces a reader writes in notebook 04: the encoder, the decoder, the loss and
 the training loop.
 
-Each checker runs the reader's code against the library's networks and objective and compares what it
-DOES, never layer names: the library's weights are copied into the reader's ``nn.Linear`` layers, found
-by their shapes. It prints one line -- a pass, or what is wrong in plain words -- and returns a
-``vu.tutorial.Verdict`` (true on a pass). It never prints the reference code::
+Each checker compares what the reader's code DOES with the library, never layer names (the library's weights
+go into the reader's ``nn.Linear`` layers, found by their shapes), prints one line -- a pass, or what is wrong
+in plain words, never the reference code -- and returns a ``vu.tutorial.Verdict`` (true on a pass)::
 
     vu.exercises.check_encoder(Encoder)                  # the class, built here as Encoder(latent_dim)
     vu.exercises.check_decoder(Decoder)
@@ -31,7 +30,6 @@ from .tutorial import Verdict
 __all__ = ["check_encoder", "check_decoder", "check_loss", "check_training_loop", "as_vae"]
 
 PIXELS = 784  # a Fashion-MNIST image, [1, 28, 28]
-IMAGE_SHAPE = (1, 28, 28)
 
 
 class Fault(Exception):
@@ -39,8 +37,7 @@ class Fault(Exception):
 
 
 def _verdict(name: str, check: Callable[[], str]) -> Verdict:
-    """Run one checker body: its return value is the pass line's detail, a Fault its failure. The body runs
-    in a forked random state, so checking leaves the reader's random numbers as they were."""
+    """Run a checker's body (a Fault is its failure) in a forked random state: checking changes no random number."""
     try:
         with torch.random.fork_rng():
             detail = check()
@@ -51,7 +48,6 @@ def _verdict(name: str, check: Callable[[], str]) -> Verdict:
     return Verdict(True)
 
 
-# ------------------------------------------------------------------------------ the library's side
 def _reference_vae(latent_dim: int, hidden: int, seed: int = 0) -> VAE:
     return VAE(VAEConfig(latent_dim=latent_dim, hidden_dims=(hidden,), seed=seed))
 
@@ -63,23 +59,10 @@ def _library_linears(vae: VAE) -> dict[str, nn.Linear]:
             "hidden": decoder[0], "logits": decoder[2]}
 
 
-class _Decode(nn.Module):
-    """The library's decoder as a reader's decoder is called: z [..., d] -> logits [..., 1, 28, 28]."""
-
-    def __init__(self, vae: VAE):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.vae.decode(z)
+def _images(n: int, seed: int) -> Tensor:  # n binary images [n, 1, 28, 28]
+    return torch.bernoulli(torch.full((n, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(seed))
 
 
-def _images(n: int, seed: int) -> Tensor:
-    """n binary images [n, 1, 28, 28] from a fixed seed."""
-    return torch.bernoulli(torch.full((n, *IMAGE_SHAPE), 0.3), generator=torch.Generator().manual_seed(seed))
-
-
-# ------------------------------------------------------------------------------ the reader's layers
 def _linears(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
 
@@ -132,11 +115,9 @@ def _gradient_reaches_every_layer(module: nn.Module, value: Tensor, what: str) -
         raise Fault(f"no gradient reaches {', '.join(dead)} in {what}: every layer must take part in forward")
 
 
-# ------------------------------------------------------------------------------ the encoder
 def check_encoder(encoder_class: Any, latent_dim: int = 20, hidden: int = 400) -> Verdict:
-    """Check a reader's ``Encoder`` class: ``Encoder(latent_dim, hidden)`` maps x [B, 1, 28, 28] to
-    (mu, logvar), each [B, d], like the library's 784-400-d encoder (flatten, Linear, ReLU, two heads)
-    on the same weights. Prints one line; returns a Verdict."""
+    """Check a reader's ``Encoder``: ``Encoder(latent_dim, hidden)`` maps x [B, 1, 28, 28] to (mu, logvar), each
+    [B, d], as the library's encoder does on the same weights. Prints one line; returns a Verdict."""
     return _verdict("Encoder", lambda: _encoder_body(encoder_class, latent_dim, hidden))
 
 
@@ -148,12 +129,12 @@ def _encoder_body(encoder_class, latent_dim: int, hidden: int) -> str:
     reference = _library_encoder_outputs(library, x, relu=True)
     _copy(library["trunk"], trunk)
     for order in (("mu", "logvar"), ("logvar", "mu")):  # which head is which is the reader's choice
-        _load_heads(library, heads, order, latent_dim)
+        _copy_heads(library, heads, order, latent_dim)
         mu, logvar = _encoder_outputs(encoder, x, latent_dim)
         if _close(mu.detach(), reference[0]) and _close(logvar.detach(), reference[1]):
             _gradient_reaches_every_layer(encoder, mu.sum() + logvar.sum(), "the encoder")
             return "on the library's weights it gives the library's mu and logvar, and gradients reach every layer."
-    _load_heads(library, heads, ("mu", "logvar"), latent_dim)
+    _copy_heads(library, heads, ("mu", "logvar"), latent_dim)
     raise Fault(_encoder_difference(_encoder_outputs(encoder, x, latent_dim), library, x))
 
 
@@ -178,12 +159,13 @@ def _head_slices(heads: list[nn.Linear], d: int) -> list[tuple[Tensor, Tensor | 
 
 
 @torch.no_grad()
-def _load_heads(library: dict[str, nn.Linear], heads: list[nn.Linear], order: tuple[str, str], d: int) -> None:
-    """Copy the library's mu and logvar heads into the reader's heads, in ``order``."""
+def _copy_heads(library: dict[str, nn.Linear], heads: list[nn.Linear], order: tuple[str, str], d: int,
+                to_library: bool = False) -> None:
+    """Copy the library's mu and logvar heads into the reader's heads, in ``order`` (or back)."""
     for (weight, bias), role in zip(_head_slices(heads, d), order):
-        weight.copy_(library[role].weight)
-        if bias is not None:
-            bias.copy_(library[role].bias)
+        pairs = [(weight, library[role].weight), (bias, library[role].bias)]
+        for reader, ours in pairs if bias is not None else pairs[:1]:
+            (ours if to_library else reader).copy_(reader if to_library else ours)
 
 
 def _encoder_outputs(encoder: nn.Module, x: Tensor, d: int) -> tuple[Tensor, Tensor]:
@@ -209,8 +191,7 @@ def _encoder_difference(outputs: tuple[Tensor, Tensor], library: dict[str, nn.Li
     want_mu, want_logvar = _library_encoder_outputs(library, x, relu=True)
     if _close(mu, want_mu):
         if _close(logvar, 0.5 * want_logvar):
-            return ("logvar is half of what the head computes: that is log sigma. The head's output is log sigma^2 "
-                    "itself; return it unchanged")
+            return "logvar is half the head's output: that is log sigma; the head gives log sigma^2, return it unchanged"
         if _close(logvar, want_logvar.exp()) or _close(logvar, (0.5 * want_logvar).exp()):
             return "your second output is sigma^2 or sigma; return log sigma^2, the head's output, unchanged"
         return "mu is right but logvar is not: return the logvar head's output unchanged"
@@ -221,11 +202,9 @@ def _encoder_difference(outputs: tuple[Tensor, Tensor], library: dict[str, nn.Li
             f"encoder is flatten -> Linear({PIXELS}, hidden) -> ReLU -> two Linear(hidden, d) heads")
 
 
-# ------------------------------------------------------------------------------ the decoder
 def check_decoder(decoder_class: Any, latent_dim: int = 20, hidden: int = 400) -> Verdict:
-    """Check a reader's ``Decoder`` class: ``Decoder(latent_dim, hidden)`` maps z [..., d] to Bernoulli
-    logits [..., 1, 28, 28], like the library's d-400-784 decoder on the same weights, for z [B, d] and
-    z [S, B, d] alike. Prints one line; returns a Verdict."""
+    """Check a reader's ``Decoder``: ``Decoder(latent_dim, hidden)`` maps z [B, d] or [S, B, d] to Bernoulli logits
+    [..., 1, 28, 28], as the library's decoder does on the same weights. Prints one line; returns a Verdict."""
     return _verdict("Decoder", lambda: _decoder_body(decoder_class, latent_dim, hidden))
 
 
@@ -253,14 +232,13 @@ def _decoder_body(decoder_class, latent_dim: int, hidden: int) -> str:
 
 def _keeps_leading_dimensions(decoder: nn.Module, z: Tensor, want: Tensor) -> None:
     """z: [S, B, d] must give the library's logits [S, B, 1, 28, 28]."""
-    fix = (f"for z of shape {list(z.shape)} (several samples per image) the output must be {list(want.shape)}; "
-           "reshape only the last dimension (nn.Unflatten(-1, (1, 28, 28)))")
     try:
         many = decoder(z)
-    except Exception as err:  # noqa: BLE001
-        raise Fault(f"{fix}: it raised {type(err).__name__}") from None
+    except Exception:  # noqa: BLE001
+        many = None
     if not isinstance(many, Tensor) or tuple(many.shape) != tuple(want.shape) or not _close(many.detach(), want):
-        raise Fault(fix)
+        raise Fault(f"for z of shape {list(z.shape)} (several samples per image) the output must be "
+                    f"{list(want.shape)}; reshape only the last dimension (nn.Unflatten(-1, (1, 28, 28)))")
 
 
 def _decoder_output(decoder: nn.Module, z: Tensor, want: Tensor) -> Tensor:
@@ -291,26 +269,28 @@ def _decoder_difference(got: Tensor, want: Tensor, vae: VAE, z: Tensor) -> str:
             f"{(got - want).abs().max().item():.3g}; the decoder is Linear(d, hidden) -> ReLU -> Linear(hidden, 784)")
 
 
-# ------------------------------------------------------------------------------ the loss
 def check_loss(negative_elbo: Callable[..., Any], latent_dim: int = 20, hidden: int = 400) -> Verdict:
-    """Check a reader's ``negative_elbo(x, encoder, decoder, generator=None)``: on the library's networks
-    and the same noise it must equal ``vu.negative_elbo_loss(vu.vae_elbo(...))`` (a scalar: minus the
-    one-sample ELBO, summed over pixels and latent dimensions, averaged over the batch), send gradients
-    into both networks, and stay finite for confident logits. Prints one line; returns a Verdict."""
+    """Check a reader's ``negative_elbo(x, encoder, decoder, generator=None)``: on the library's networks and
+    noise it equals ``vu.negative_elbo_loss(vu.vae_elbo(...))`` (a scalar: minus the one-sample ELBO, summed
+    over pixels and latent dimensions, averaged over the batch) with the same gradients, and stays finite for
+    confident logits. Prints one line; returns a Verdict."""
     return _verdict("negative_elbo", lambda: _loss_body(negative_elbo, latent_dim, hidden))
 
 
 def _loss_body(negative_elbo, latent_dim: int, hidden: int) -> str:
     vae = _reference_vae(latent_dim, hidden)
-    encoder, decoder, x = vae.encoder, _Decode(vae), _images(8, seed=3)
+    encoder, decoder, x = vae.encoder, vae.decode, _images(8, seed=3)  # decode: z [..., d] -> logits
     got = _loss_value(negative_elbo, x, encoder, decoder, seed=1)
     again = _loss_value(negative_elbo, x, encoder, decoder, seed=1)
     if not torch.equal(got.detach(), again.detach()):
         raise Fault("two calls with generators seeded alike gave different losses: draw the noise from the "
                     "generator, eps = torch.randn(mu.shape, generator=generator), then move it to mu.device")
     want = negative_elbo_loss(vae_elbo(vae, x, generator=torch.Generator().manual_seed(1)))
-    if not _close(got.detach(), want.detach()):
-        raise Fault(_loss_difference(got.detach(), want.detach(), vae, x, seed=1))
+    if not _close(got.detach(), want.detach()):  # name the fault: the known wrong forms, on the same noise
+        known = (message for message, value in _wrong_losses(vae, x, seed=1) if _close(got.detach(), value))
+        raise Fault(next(known, f"your loss is {got.item():.4f} where the library's is another number on the same "
+                                f"networks and noise (they differ by {abs(got - want).item():.3g} nats): check the "
+                                "sign, the sums over pixels and latent dimensions, and the mean over the batch"))
     _same_gradients(got, want, vae)
     _finite_for_confident_logits(negative_elbo, vae, x)
     return ("on the library's networks and noise it equals vu.negative_elbo_loss(vu.vae_elbo(...)), gradients reach "
@@ -344,16 +324,6 @@ def _loss_value(negative_elbo, x: Tensor, encoder: nn.Module, decoder: nn.Module
     return value
 
 
-def _loss_difference(got: Tensor, want: Tensor, vae: VAE, x: Tensor, seed: int) -> str:
-    """Name the fault: the known wrong forms of the loss, each computed on the same networks and noise."""
-    for message, value in _wrong_losses(vae, x, seed):
-        if _close(got, value):
-            return message
-    return (f"your loss is {got.item():.4f} where the library's is another number on the same networks and noise "
-            f"(they differ by {abs(got - want).item():.3g} nats): check the sign, the sums over pixels and latent "
-            "dimensions, and the mean over the batch")
-
-
 @torch.no_grad()
 def _wrong_losses(vae: VAE, x: Tensor, seed: int) -> Iterator[tuple[str, Tensor]]:
     mu, logvar = vae.encoder(x)
@@ -382,27 +352,20 @@ def _wrong_losses(vae: VAE, x: Tensor, seed: int) -> Iterator[tuple[str, Tensor]
 
 
 def _finite_for_confident_logits(negative_elbo, vae: VAE, x: Tensor) -> None:
-    class Confident(nn.Module):  # logits of +-200, right at every pixel: a very sure decoder
-        def forward(self, z: Tensor) -> Tensor:
-            return (200.0 * (2 * x - 1)).expand(*z.shape[:-1], *IMAGE_SHAPE)
-
-    got = _loss_value(negative_elbo, x, vae.encoder, Confident(), seed=1).detach()
+    confident = lambda z: (200.0 * (2 * x - 1)).expand(*z.shape[:-1], *x.shape[1:])  # noqa: E731 -- logits +-200
+    got = _loss_value(negative_elbo, x, vae.encoder, confident, seed=1).detach()
     if not torch.isfinite(got):
         raise Fault("the loss is inf or NaN for a confident decoder (logits of +-200): compute log p(x|z) as "
                     "x * logits - softplus(logits), never as log(sigmoid(logits))")
 
 
-# ------------------------------------------------------------------------------ the training loop
 class _WatchedAdam(torch.optim.Adam):
     """Adam that notes, at every step, whether the gradients it applies are this step's alone."""
 
     def __init__(self, params, watched: Tensor, lr: float = 1e-3):
         super().__init__(params, lr=lr)
         self.watched, self.fresh_grad, self.problems, self.steps = watched, None, [], 0
-        watched.register_hook(self._note)
-
-    def _note(self, grad: Tensor) -> None:
-        self.fresh_grad = grad.detach().clone()
+        watched.register_hook(lambda grad: setattr(self, "fresh_grad", grad.detach().clone()))
 
     def step(self, closure=None):  # noqa: D102 -- Adam's step, after the bookkeeping
         self.steps += 1
@@ -420,35 +383,26 @@ class _WatchedAdam(torch.optim.Adam):
         return super().step(closure)
 
 
-class _WatchedEncoder(nn.Module):
-    """The library's encoder, noting whether every batch it sees is binary (dynamically binarized)."""
-
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.encoder, self.saw_grey = encoder, False
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        self.saw_grey = self.saw_grey or bool(((x != 0) & (x != 1)).any())
-        return self.encoder(x)
-
-
 def check_training_loop(train_one_epoch: Callable[..., Any], data: ImageDataset, latent_dim: int = 20,
                         hidden: int = 400, batch_size: int = 128) -> Verdict:
-    """Check a reader's ``train_one_epoch(encoder, decoder, data, optimizer, batch_size)``: one pass over
-    ``data`` in batches of ``batch_size``, each step on freshly binarized images with cleared gradients, a
-    backward pass and an optimizer step, returning one float loss per step that falls over the epoch.
-    It runs the loop once on the library's networks (``data``: a few hundred to a few thousand images) with
-    an optimizer that watches every step. Prints one line; returns a Verdict."""
+    """Check a reader's ``train_one_epoch(encoder, decoder, data, optimizer, batch_size)`` by running it once on
+    the library's networks with an Adam that watches every step (``data``: a few hundred to a few thousand
+    images): one pass in batches of ``batch_size``, each step on fresh binary images with cleared gradients, a
+    backward pass and an optimizer step, one float loss per step, falling. Prints one line; returns a Verdict."""
     return _verdict("train_one_epoch", lambda: _loop_body(train_one_epoch, data, latent_dim, hidden, batch_size))
 
 
 def _loop_body(train_one_epoch, data: ImageDataset, latent_dim: int, hidden: int, batch_size: int) -> str:
-    vae = _reference_vae(latent_dim, hidden).to(data.device)
-    encoder, decoder = _WatchedEncoder(vae.encoder), _Decode(vae)
+    vae, grey = _reference_vae(latent_dim, hidden).to(data.device), []
+
+    def encoder(x: Tensor) -> tuple[Tensor, Tensor]:  # the library's encoder, noting grey (non-binary) images
+        grey.append(bool(((x != 0) & (x != 1)).any()))
+        return vae.encoder(x)
+
     optimizer = _WatchedAdam([*vae.parameters()], watched=_library_linears(vae)["logits"].weight)
     torch.manual_seed(0)
     try:
-        losses = train_one_epoch(encoder, decoder, data, optimizer, batch_size)
+        losses = train_one_epoch(encoder, vae.decode, data, optimizer, batch_size)
     except Exception as err:  # noqa: BLE001
         raise Fault(f"train_one_epoch raised {type(err).__name__}: {err}") from None
     steps = math.ceil(len(data) / batch_size)
@@ -459,12 +413,13 @@ def _loop_body(train_one_epoch, data: ImageDataset, latent_dim: int, hidden: int
                     f"called optimizer.step() {optimizer.steps} times")
     if optimizer.problems:
         raise Fault(optimizer.problems[-1])
-    if encoder.saw_grey:
+    if any(grey):
         raise Fault("the encoder saw grey levels: draw fresh binary images each epoch with "
                     "data.batches(batch_size, binarize=True)")
     if not (isinstance(losses, list) and len(losses) == steps and all(isinstance(v, float) for v in losses)):
         raise Fault(f"return a list of {steps} floats, the loss of each step (loss.item())")
-    first, last = _quarter_means(losses)
+    quarter = max(1, steps // 4)
+    first, last = sum(losses[:quarter]) / quarter, sum(losses[-quarter:]) / quarter
     if not last < first:
         raise Fault(f"the loss did not fall over the epoch (from {first:.1f} to {last:.1f} nats, means of the "
                     "first and last quarter of the steps): minimize the loss, loss.backward(), not its negative")
@@ -472,16 +427,9 @@ def _loop_body(train_one_epoch, data: ImageDataset, latent_dim: int, hidden: int
             f"the loss fell from {first:.1f} to {last:.1f} nats.")
 
 
-def _quarter_means(losses: list[float]) -> tuple[float, float]:
-    quarter = max(1, len(losses) // 4)
-    return sum(losses[:quarter]) / quarter, sum(losses[-quarter:]) / quarter
-
-
-# ------------------------------------------------------------------------------ the trained model
 def as_vae(encoder: nn.Module, decoder: nn.Module, latent_dim: int = 20, hidden: int = 400) -> VAE:
-    """A ``vu.VAE`` holding the reader's trained weights, mapped layer by layer by their shapes (never by
-    name), on the encoder's device. Raises ValueError unless its outputs equal the reader's modules' on a
-    fixed batch, so everything the library computes with it is about the reader's model."""
+    """A ``vu.VAE`` with the reader's trained weights, mapped by layer shapes (never names), on the encoder's
+    device; a ValueError unless it computes what the reader's modules compute on a fixed batch."""
     vae = _reference_vae(latent_dim, hidden).to(next(encoder.parameters()).device)
     library = _library_linears(vae)
     x = _images(5, seed=4).to(vae.device)
@@ -494,19 +442,10 @@ def as_vae(encoder: nn.Module, decoder: nn.Module, latent_dim: int = 20, hidden:
     _copy(reader_decoder[(latent_dim, hidden)], library["hidden"])
     _copy(reader_decoder[(hidden, PIXELS)], library["logits"])
     for order in (("mu", "logvar"), ("logvar", "mu")):
-        _store_heads(heads, library, order, latent_dim)
+        _copy_heads(library, heads, order, latent_dim, to_library=True)
         with torch.no_grad():
             got_mu, got_logvar = vae.encoder(x)
             if _close(got_mu, mu) and _close(got_logvar, logvar) and _close(vae.decode(got_mu), logits):
                 return vae.eval()
     raise ValueError("as_vae: the library's VAE with your weights does not reproduce your modules' outputs; "
                      "check that your encoder and decoder pass vu.exercises.check_encoder / check_decoder")
-
-
-@torch.no_grad()
-def _store_heads(heads: list[nn.Linear], library: dict[str, nn.Linear], order: tuple[str, str], d: int) -> None:
-    """Copy the reader's heads into the library's mu and logvar heads, in ``order``."""
-    for (weight, bias), role in zip(_head_slices(heads, d), order):
-        library[role].weight.copy_(weight)
-        if bias is not None:
-            library[role].bias.copy_(bias)

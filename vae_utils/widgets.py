@@ -424,9 +424,8 @@ class LiveFigure:
     fig: a ``matplotlib.figure.Figure`` (not shown by pyplot: ``.image`` shows it); moving: the artists that
     change (lines, collections, texts), updated by the caller before each ``redraw()``. The static parts
     are drawn once; ``redraw()`` pastes that background, draws the moving artists on top (blitting) and
-    sends the browser the pixels as lossless WebP (PNG where Pillow lacks WebP), so a redraw costs
-    milliseconds where a new figure costs hundreds. Lossless WebP encodes in half PNG's time and is
-    about a third smaller, with the same pixels (benchmarks/RESULTS.md).
+    sends the browser the pixels as lossless WebP (PNG where Pillow lacks WebP: the same pixels), so a
+    redraw costs milliseconds where a new figure costs hundreds.
     """
 
     def __init__(self, fig, moving):
