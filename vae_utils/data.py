@@ -73,34 +73,25 @@ class ImageDataset:
         # uint8 pixels are in 0..255 by construction, so every batch (pixels / 255) is in [0, 1]:
         # the one value check a data set needs is this dtype check, done once here.
         for field_name in ("images", "labels"):
-            value = getattr(self, field_name)
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(
-                    f"ImageDataset.{field_name} must be a torch.Tensor, got {type(value).__name__}; "
-                    "convert it with torch.as_tensor(x)"
-                )
+            if not isinstance(getattr(self, field_name), torch.Tensor):
+                raise TypeError(f"ImageDataset.{field_name} must be a torch.Tensor, got "
+                                f"{type(getattr(self, field_name)).__name__}; convert it with torch.as_tensor(x)")
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
             fix = "Convert float images in [0, 1] with (x * 255).round().to(torch.uint8)"
             if self.images.is_floating_point() and self.images.numel() and float(self.images.max()) > 1.0:
-                fix = (
-                    f"These floats go up to {float(self.images.max()):g}, so they look like 0..255 pixels: "
-                    "convert them with x.round().to(torch.uint8)"
-                )
-            raise ValueError(
-                f"ImageDataset.images must be uint8 [N, C, H, W] (gray levels 0..255); got "
-                f"{self.images.dtype} {list(self.images.shape)}. {fix}, and add a channel dim with x.unsqueeze(1)."
-            )
+                fix = (f"These floats go up to {float(self.images.max()):g}, so they look like 0..255 pixels: "
+                       "convert them with x.round().to(torch.uint8)")
+            raise ValueError(f"ImageDataset.images must be uint8 [N, C, H, W] (gray levels 0..255); got "
+                             f"{self.images.dtype} {list(self.images.shape)}. {fix}, and add a channel dim with "
+                             "x.unsqueeze(1).")
         if self.labels.is_floating_point() or self.labels.dtype == torch.bool:
-            raise TypeError(
-                f"ImageDataset.labels must hold integer class indices, got dtype {self.labels.dtype}; use labels.long()"
-            )
+            raise TypeError(f"ImageDataset.labels must hold integer class indices, got dtype {self.labels.dtype}; "
+                            "use labels.long()")
         if not isinstance(self.name, str):
             raise TypeError(f"ImageDataset.name must be a str, got {type(self.name).__name__}")
         if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(
-                f"ImageDataset.labels must have shape [N] = [{self.images.shape[0]}]; "
-                f"got {list(self.labels.shape)}."
-            )
+            raise ValueError(f"ImageDataset.labels must have shape [N] = [{self.images.shape[0]}]; "
+                             f"got {list(self.labels.shape)}.")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -300,9 +291,7 @@ def load_dataset(
     key = name.lower().replace("_", "-")
     key = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist"}.get(key, key)
     if key not in _DATASETS:
-        raise ValueError(
-            f"Unknown dataset {name!r}. Valid names: {valid}."
-        )
+        raise ValueError(f"Unknown dataset {name!r}. Valid names: {valid}.")
     if split not in _SPLIT_PREFIX:
         raise ValueError(f"Unknown split {split!r}. Valid splits: 'train', 'test'.")
     classes, _ = _DATASETS[key]

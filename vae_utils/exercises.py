@@ -368,8 +368,7 @@ class _WatchedAdam(torch.optim.Adam):
         watched.register_hook(lambda grad: setattr(self, "fresh_grad", grad.detach().clone()))
 
     def step(self, closure=None):  # noqa: D102 -- Adam's step, after the bookkeeping
-        self.steps += 1
-        grad = self.watched.grad
+        self.steps, grad = self.steps + 1, self.watched.grad
         if self.fresh_grad is None:
             self.problems.append("optimizer.step() ran without a loss.backward() before it: call loss.backward() "
                                  "every step, between zero_grad() and step()")

@@ -191,20 +191,10 @@ class LatentExplorer(widgets.VBox):
         self.start = start.float()
         d = d if dims is None else min(dims, d)
         limit = max(span, math.ceil(float(start.abs().max()) * 10) / 10) if d else span
-        self.sliders = [
-            widgets.FloatSlider(
-                value=float(start[i]),
-                min=-limit,
-                max=limit,
-                step=step,
-                description=f"z{i + 1}",
-                continuous_update=continuous_update,
-                readout_format=".2f",
-                layout=widgets.Layout(width="260px"),
-                style={"description_width": "32px"},
-            )
-            for i in range(d)
-        ]
+        self.sliders = [widgets.FloatSlider(value=float(start[i]), min=-limit, max=limit, step=step,
+                                            description=f"z{i + 1}", continuous_update=continuous_update,
+                                            readout_format=".2f", layout=widgets.Layout(width="260px"),
+                                            style={"description_width": "32px"}) for i in range(d)]
         for slider in self.sliders:
             slider.add_class("vae-latent-slider")
             slider.observe(self.update, names="value")
