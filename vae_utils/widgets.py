@@ -143,10 +143,8 @@ def _picture(value: bytes, scale: int, image_shape: tuple[int, ...], css_class: 
 
 
 def _captioned(picture: widgets.Widget, caption: str) -> widgets.VBox:
-    return widgets.VBox(
-        [widgets.HTML(f"<b>{caption}</b>"), picture],
-        layout=widgets.Layout(align_items="center", margin="0 8px"),
-    )
+    return widgets.VBox([widgets.HTML(f"<b>{caption}</b>"), picture],
+                        layout=widgets.Layout(align_items="center", margin="0 8px"))
 
 
 class LatentExplorer(widgets.VBox):
@@ -164,17 +162,8 @@ class LatentExplorer(widgets.VBox):
     ``updates`` (how many times the image was redrawn).
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        x: torch.Tensor | None = None,
-        span: float = 3.0,
-        step: float = 0.01,
-        scale: int = 6,
-        continuous_update: bool = True,
-        y: int | None = None,
-        dims: int | None = None,
-    ):
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor | None = None, span: float = 3.0, step: float = 0.01,
+                 scale: int = 6, continuous_update: bool = True, y: int | None = None, dims: int | None = None):
         _check_model(model, "latent_explorer")
         _positive("latent_explorer", "span", span)
         _positive("latent_explorer", "step", step)
@@ -199,10 +188,8 @@ class LatentExplorer(widgets.VBox):
             slider.add_class("vae-latent-slider")
             slider.observe(self.update, names="value")
         columns = 1 if d <= 10 else 2
-        slider_box = widgets.GridBox(
-            self.sliders,
-            layout=widgets.Layout(grid_template_columns=f"repeat({columns}, 270px)", grid_gap="0 6px"),
-        )
+        slider_box = widgets.GridBox(self.sliders, layout=widgets.Layout(
+            grid_template_columns=f"repeat({columns}, 270px)", grid_gap="0 6px"))
         slider_box.add_class("vae-latent-sliders")
         self.decoded_z = self.values()
         self.image = _picture(self._decoder.png(self.decoded_z), scale, model.config.image_shape, "vae-decoded-image")
@@ -290,16 +277,8 @@ class InterpolationExplorer(widgets.VBox):
     ``z_a``/``z_b`` ([d]), ``decoded_z`` ([d]), ``image_bytes``, ``update()``.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        x_a: torch.Tensor,
-        x_b: torch.Tensor,
-        method: str = "linear",
-        scale: int = 6,
-        steps: int = 100,
-        continuous_update: bool = True,
-    ):
+    def __init__(self, model: torch.nn.Module, x_a: torch.Tensor, x_b: torch.Tensor, method: str = "linear",
+                 scale: int = 6, steps: int = 100, continuous_update: bool = True):
         _check_model(model, "interpolation_explorer")
         if method not in METHODS:
             raise ValueError(f"interpolation_explorer: method must be one of {METHODS}, got {method!r}")
@@ -312,11 +291,9 @@ class InterpolationExplorer(widgets.VBox):
             mu_a, _ = model.encode(a)
             mu_b, _ = model.encode(b)
         self.z_a, self.z_b = mu_a[0].detach().cpu().float(), mu_b[0].detach().cpu().float()
-        self.slider = widgets.FloatSlider(
-            value=0.0, min=0.0, max=1.0, step=1.0 / steps, description="t",
-            continuous_update=continuous_update, readout_format=".2f",
-            layout=widgets.Layout(width="420px"),
-        )
+        self.slider = widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=1.0 / steps, description="t",
+                                          continuous_update=continuous_update, readout_format=".2f",
+                                          layout=widgets.Layout(width="420px"))
         self.slider.add_class("vae-interpolation-slider")
         self.method = widgets.ToggleButtons(options=["linear", "spherical"], value=method, description="path")
         self.decoded_z = self.code()
@@ -356,9 +333,8 @@ def latent_explorer(model: torch.nn.Module, x: torch.Tensor | None = None, span:
     return LatentExplorer(model, x=x, span=span, **kwargs)
 
 
-def interpolation_explorer(
-    model: torch.nn.Module, x_a: torch.Tensor, x_b: torch.Tensor, method: str = "linear", **kwargs
-) -> InterpolationExplorer:
+def interpolation_explorer(model: torch.nn.Module, x_a: torch.Tensor, x_b: torch.Tensor, method: str = "linear",
+                           **kwargs) -> InterpolationExplorer:
     """Slide t from 0 to 1 between the codes of images x_a and x_b (see ``InterpolationExplorer``)."""
     return InterpolationExplorer(model, x_a, x_b, method=method, **kwargs)
 
