@@ -1,9 +1,9 @@
 """What the notebooks share: the settings block and the exercise checker.
 
     import vae_utils as vu
-    s = vu.tutorial.settings()               # reads VAE_TUTORIAL_QUICK (CI sets it: same code, less work)
-    train, test = s.load_data()
-    result = vu.tutorial.default_model(s, train, test)   # the 784-400-20 model notebook 04 trains
+    settings = vu.tutorial.settings()        # reads VAE_TUTORIAL_QUICK (CI sets it: same code, less work)
+    train, test = settings.load_data()
+    result = vu.tutorial.default_model(settings, train, test)   # the 784-400-20 model notebook 04 trains
     vu.tutorial.check(my_kl, reference_kl, name="KL")   # a pass line, or how far off (never the reference)
 """
 
@@ -98,24 +98,25 @@ def settings(**overrides: Any) -> Settings:
     return Settings(**overrides)
 
 
-def default_model(s: Settings, train: ImageDataset, test: ImageDataset | None = None,
+def default_model(settings: Settings, train: ImageDataset, test: ImageDataset | None = None,
                   progress: bool = True, callback=None) -> FitResult:
-    """The series' model: loaded from ``s.checkpoint`` if it was trained with these settings on this
+    """The series' model: loaded from ``settings.checkpoint`` if it was trained with these settings on this
     training set, trained there otherwise (``vu.load_or_train``). Where no checkpoint exists yet and the
     settings are exactly those of the model shipped with the package (``SHIPPED_WEIGHTS``, the full setting;
     see ``vu.pretrained``), the shipped file is copied there first, so a fresh Binder or Colab session does
     not train for minutes before notebook 05 or 06 can start. An existing checkpoint is never replaced."""
-    _start_from_shipped_weights(s, train)
-    return load_or_train(s.checkpoint, s.model_config(), s.train_config(), train, test,
+    _start_from_shipped_weights(settings, train)
+    return load_or_train(settings.checkpoint, settings.model_config(), settings.train_config(), train, test,
                          progress=progress, callback=callback)
 
 
-def _start_from_shipped_weights(s: Settings, train: ImageDataset) -> None:
-    if s.checkpoint.exists() or not SHIPPED_WEIGHTS.is_file():
+def _start_from_shipped_weights(settings: Settings, train: ImageDataset) -> None:
+    if settings.checkpoint.exists() or not SHIPPED_WEIGHTS.is_file():
         return
-    if same_run(load_checkpoint(SHIPPED_WEIGHTS, device="cpu"), s.model_config(), s.train_config(), train):
-        s.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(SHIPPED_WEIGHTS, s.checkpoint)
+    if same_run(load_checkpoint(SHIPPED_WEIGHTS, device="cpu"), settings.model_config(), settings.train_config(),
+                train):
+        settings.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHIPPED_WEIGHTS, settings.checkpoint)
 
 
 class Verdict:
