@@ -9,7 +9,7 @@ default MLP on a CPU). Stable CSS classes let a browser test find the parts:
 
 - ``vae-latent-explorer`` (the whole explorer), ``vae-latent-sliders`` (the box of sliders),
   ``vae-latent-slider`` (every latent slider), ``vae-decoded-image`` (the decoded image);
-- ``vae-interpolation-explorer``, ``vae-interpolation-slider`` (t) and ``vae-decoded-image``;
+- ``vae-interpolation-explorer``, ``vae-interpolation-slider`` (alpha) and ``vae-decoded-image``;
 - ``theory-figure`` (a ``LiveFigure``'s image) and ``theory-slider`` (every control ``connect_controls`` wires).
 
 ``LiveFigure`` and ``connect_controls`` serve the theory notebooks' sliders: a matplotlib figure whose static
@@ -240,12 +240,12 @@ class LatentExplorer(widgets.VBox):
         return bytes(self.image.value)
 
 
-def interpolate_codes(z_a: torch.Tensor, z_b: torch.Tensor, t: float | torch.Tensor, method: str = "linear") -> torch.Tensor:
-    """Points between codes z_a and z_b ([..., d]) at fraction t in [0, 1] (scalar or [n] -> [n, ..., d]).
+def interpolate_codes(z_a: torch.Tensor, z_b: torch.Tensor, alpha: float | torch.Tensor, method: str = "linear") -> torch.Tensor:
+    """Points between codes z_a and z_b ([..., d]) at fraction alpha in [0, 1] (scalar or [n] -> [n, ..., d]).
 
-    "linear": (1 - t) z_a + t z_b. "spherical" (slerp): along the great circle, keeping the norm
+    "linear": (1 - alpha) z_a + alpha z_b. "spherical" (slerp): along the great circle, keeping the norm
     closer to that of typical prior samples (a straight line passes through low-norm codes the
-    prior rarely produces in high dimensions). Both give z_a at t = 0 and z_b at t = 1.
+    prior rarely produces in high dimensions). Both give z_a at alpha = 0 and z_b at alpha = 1.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -255,7 +255,7 @@ def interpolate_codes(z_a: torch.Tensor, z_b: torch.Tensor, t: float | torch.Ten
     if not z_a.is_floating_point():
         z_a = z_a.float()
     z_b = z_b.to(z_a.device, z_a.dtype)
-    t_tensor = torch.as_tensor(t, dtype=z_a.dtype, device=z_a.device)
+    t_tensor = torch.as_tensor(alpha, dtype=z_a.dtype, device=z_a.device)
     shape = t_tensor.shape + (1,) * z_a.dim()
     t_tensor = t_tensor.reshape(shape)
     if method == "linear":
@@ -270,9 +270,9 @@ def interpolate_codes(z_a: torch.Tensor, z_b: torch.Tensor, t: float | torch.Ten
 
 
 class InterpolationExplorer(widgets.VBox):
-    """A slider t in [0, 1] moving between the codes (encoder means) of two images x_a and x_b.
+    """A slider alpha in [0, 1] moving between the codes (encoder means) of two images x_a and x_b.
 
-    Shows x_a, the decoded image at z(t) and x_b side by side; a toggle switches between linear and
+    Shows x_a, the decoded image at z(alpha) and x_b side by side; a toggle switches between linear and
     spherical interpolation. Attributes: ``slider``, ``method`` (ToggleButtons), ``image``,
     ``z_a``/``z_b`` ([d]), ``decoded_z`` ([d]), ``image_bytes``, ``update()``.
     """
@@ -291,7 +291,7 @@ class InterpolationExplorer(widgets.VBox):
             mu_a, _ = model.encode(a)
             mu_b, _ = model.encode(b)
         self.z_a, self.z_b = mu_a[0].detach().cpu().float(), mu_b[0].detach().cpu().float()
-        self.slider = widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=1.0 / steps, description="t",
+        self.slider = widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=1.0 / steps, description="α",
                                           continuous_update=continuous_update, readout_format=".2f",
                                           layout=widgets.Layout(width="420px"))
         self.slider.add_class("vae-interpolation-slider")
@@ -302,19 +302,19 @@ class InterpolationExplorer(widgets.VBox):
         self.method.observe(self.update, names="value")
         shape = model.config.image_shape
         row = widgets.HBox([
-            _captioned(_picture(image_to_png(a[0].cpu(), scale), scale, shape), "x_a (t = 0)"),
-            _captioned(self.image, "decoded z(t)"),
-            _captioned(_picture(image_to_png(b[0].cpu(), scale), scale, shape), "x_b (t = 1)"),
+            _captioned(_picture(image_to_png(a[0].cpu(), scale), scale, shape), "x_a (α = 0)"),
+            _captioned(self.image, "decoded z(α)"),
+            _captioned(_picture(image_to_png(b[0].cpu(), scale), scale, shape), "x_b (α = 1)"),
         ])
         super().__init__([row, self.slider, self.method])
         self.add_class("vae-interpolation-explorer")
 
     def code(self) -> torch.Tensor:
-        """The code at the slider's t, [d]."""
+        """The code at the slider's alpha, [d]."""
         return interpolate_codes(self.z_a, self.z_b, float(self.slider.value), self.method.value)
 
     def update(self, change: dict | None = None) -> bytes:
-        """Decode z(t) and show it; returns the new PNG bytes."""
+        """Decode z(alpha) and show it; returns the new PNG bytes."""
         self.decoded_z = self.code()
         self.image.value = self._decoder.png(self.decoded_z)
         return self.image_bytes
@@ -335,7 +335,7 @@ def latent_explorer(model: torch.nn.Module, x: torch.Tensor | None = None, span:
 
 def interpolation_explorer(model: torch.nn.Module, x_a: torch.Tensor, x_b: torch.Tensor, method: str = "linear",
                            **kwargs) -> InterpolationExplorer:
-    """Slide t from 0 to 1 between the codes of images x_a and x_b (see ``InterpolationExplorer``)."""
+    """Slide alpha from 0 to 1 between the codes of images x_a and x_b (see ``InterpolationExplorer``)."""
     return InterpolationExplorer(model, x_a, x_b, method=method, **kwargs)
 
 
