@@ -30,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image as PILImage
 from PIL import features as PILFeatures
 
+from .plotting import image_grid
 from .validation import check_images
 
 __all__ = ["LiveFigure", "connect_controls", "LatentExplorer", "InterpolationExplorer", "latent_explorer",
@@ -375,7 +376,7 @@ def style_explorer(model: torch.nn.Module, x: torch.Tensor, y, classes: list[str
     def update(_=None):
         i = picker.value
         row = torch.cat([x[i : i + 1].cpu(), torch.ones_like(x[i : i + 1].cpu()), rows[i]])  # [2 + K, C, H, W]
-        image.value = image_to_png(torch.cat([*row.unbind()], dim=-1), scale)  # side by side
+        image.value = image_to_png(torch.from_numpy(image_grid(row, nrow=len(row), padding=1)), scale)
 
     picker.observe(update, names="value")
     update()
