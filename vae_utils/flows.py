@@ -303,7 +303,7 @@ def fit_to_density(log_density: Callable[[Tensor], Tensor], dim: int, config: Fl
         optimizer.zero_grad()
         (-elbo).backward()
         optimizer.step()
-        history.append(float(elbo))
+        history.append(elbo.item())
     return q, history
 
 

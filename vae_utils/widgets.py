@@ -362,12 +362,12 @@ def class_explorer(model: torch.nn.Module, classes: list[str] | None = None, dim
 def style_explorer(model: torch.nn.Module, x: torch.Tensor, y, classes: list[str] | None = None,
                    scale: int = 3) -> widgets.VBox:
     """Pick one of the images x [B, C, H, W] (labels y [B]) with a Dropdown; shows it and its code (the
-    posterior mean of q_φ(z|x, y)) decoded with each of the K labels (``vu.conditional.style_transfer``).
+    posterior mean of q_φ(z|x, y)) decoded with each label (``vu.conditional.style_transfer``).
     Returns a VBox with attributes ``picker``, ``image`` and ``update()``."""
     from .conditional import style_transfer
 
     classes = classes or [str(k) for k in range(model.config.num_classes)]
-    rows = style_transfer(model, x, y).cpu()  # [B, K, C, H, W]
+    rows = style_transfer(model, x, y).cpu()  # [B, num_classes, C, H, W]
     labels = torch.as_tensor(y).tolist()
     picker = widgets.Dropdown(options=[(f"test image {i} ({classes[c]})", i) for i, c in enumerate(labels)],
                               value=0, description="image")
@@ -375,7 +375,7 @@ def style_explorer(model: torch.nn.Module, x: torch.Tensor, y, classes: list[str
 
     def update(_=None):
         i = picker.value
-        row = torch.cat([x[i : i + 1].cpu(), torch.ones_like(x[i : i + 1].cpu()), rows[i]])  # [2 + K, C, H, W]
+        row = torch.cat([x[i : i + 1].cpu(), torch.ones_like(x[i : i + 1].cpu()), rows[i]])  # [2 + num_classes, C, H, W]
         image.value = image_to_png(torch.from_numpy(image_grid(row, nrow=len(row), padding=1)), scale)
 
     picker.observe(update, names="value")
