@@ -41,8 +41,8 @@ class ConditionalVAEConfig(VAEConfig):
     response to the label grows ``label_scale`` times faster than with a plain one-hot. With 1 the
     networks first learn to read the class from the image (encoder) and from z (decoder), z keeps
     the class, and the decoder then half ignores y; notebook 08 measures both the mechanism (how much the
-    outputs move with y, how much class z carries) and its end effect (a classifier on conditional samples). It changes the
-    optimization, not the model family. Every other field means what it means for ``VAEConfig``;
+    outputs move with y, how much class z carries) and its end effect (a classifier on conditional samples).
+    It changes the optimization, not the model family. Every other field means what it means for ``VAEConfig``;
     ``to_dict`` / ``from_dict`` include both.
     """
 
