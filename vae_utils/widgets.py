@@ -241,7 +241,8 @@ class LatentExplorer(widgets.VBox):
         return bytes(self.image.value)
 
 
-def interpolate_codes(z_a: torch.Tensor, z_b: torch.Tensor, alpha: float | torch.Tensor, method: str = "linear") -> torch.Tensor:
+def interpolate_codes(z_a: torch.Tensor, z_b: torch.Tensor, alpha: float | torch.Tensor,
+                      method: str = "linear") -> torch.Tensor:
     """Points between codes z_a and z_b ([..., d]) at fraction alpha in [0, 1] (scalar or [n] -> [n, ..., d]).
 
     "linear": (1 - alpha) z_a + alpha z_b. "spherical" (slerp): along the great circle, keeping the norm
@@ -375,7 +376,7 @@ def style_explorer(model: torch.nn.Module, x: torch.Tensor, y, classes: list[str
 
     def update(_=None):
         i = picker.value
-        row = torch.cat([x[i : i + 1].cpu(), torch.ones_like(x[i : i + 1].cpu()), rows[i]])  # [2 + num_classes, C, H, W]
+        row = torch.cat([x[i : i + 1].cpu(), torch.ones_like(x[i : i + 1].cpu()), rows[i]])  # [2 + classes, C, H, W]
         image.value = image_to_png(torch.from_numpy(image_grid(row, nrow=len(row), padding=1)), scale)
 
     picker.observe(update, names="value")
