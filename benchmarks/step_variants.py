@@ -1,11 +1,11 @@
 """Three ways to compute one training step of the reference model, timed against each other in one process.
 
-1. eager: what `fit` does by default (`vae_elbo`, the loss, backward, fused Adam);
+1. eager: what `fit` does by default (`estimate_elbo`, the loss, backward, fused Adam);
 2. fused: the same step with the loss and the reparameterization as two `torch.autograd.Function`s whose
    backward is derived by hand (d/dlogits of the Bernoulli log-likelihood is x - sigmoid(logits), d/dmu of the
    closed-form KL is mu, d/dlogvar is (exp(logvar) - 1) / 2): fewer, larger kernels than autograd's, checked
    against autograd with `torch.autograd.gradcheck` before anything is timed;
-3. compiled: `vae_elbo` through `torch.compile`, as `TrainConfig(compile=True)` does.
+3. compiled: `estimate_elbo` through `torch.compile`, as `TrainConfig(compile=True)` does.
 
 The variants take turns on the same pre-binarized batches (blocks of 60 steps, six rounds), so a change of
 load on a shared machine hits all of them alike; it prints the fastest block and the median per variant.
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import vae_utils
-from vae_utils.objectives import ELBO, vae_elbo
+from vae_utils.objectives import ELBO, estimate_elbo
 from vae_utils.training import default_optimizer
 
 BATCH_SIZE, BLOCK, ROUNDS = 128, 60, 6
@@ -66,15 +66,15 @@ class Reparameterize(torch.autograd.Function):
 
 
 def fused_elbo(model, x: Tensor) -> ELBO:
-    """``vae_elbo(model, x)`` (beta 1, one sample) through the two hand-derived functions: fields [B]."""
-    mu, logvar = model.encode(x)
+    """``estimate_elbo(model, x)`` (beta 1, one sample) through the two hand-derived functions: fields [B]."""
+    mu, logvar = model.posterior(x)
     z = Reparameterize.apply(mu, logvar, torch.randn_like(mu))
-    reconstruction, kl = BernoulliElboTerms.apply(model.decode(z).flatten(1), x.flatten(1), mu, logvar)
+    reconstruction, kl = BernoulliElboTerms.apply(model.decoder_output(z).flatten(1), x.flatten(1), mu, logvar)
     return ELBO(reconstruction - kl, reconstruction, kl)
 
 
 def check_gradients() -> None:
-    """gradcheck both functions in float64 against finite differences; and the fused ELBO against vae_elbo."""
+    """gradcheck both functions in float64 against finite differences; and the fused ELBO against estimate_elbo."""
     g = torch.Generator().manual_seed(0)
     logits, mu, logvar = (torch.randn(5, n, dtype=torch.float64, generator=g, requires_grad=True) for n in (7, 3, 3))
     x = torch.rand(5, 7, dtype=torch.float64, generator=g)
@@ -86,9 +86,9 @@ def check_gradients() -> None:
     torch.manual_seed(1)
     fused = fused_elbo(model, x)
     torch.manual_seed(1)
-    eager = vae_elbo(model, x)
+    eager = estimate_elbo(model, x)
     torch.testing.assert_close(fused.elbo, eager.elbo, rtol=1e-5, atol=1e-3)
-    print("gradcheck: both hand-derived backwards match finite differences; fused ELBO == vae_elbo")
+    print("gradcheck: both hand-derived backwards match finite differences; fused ELBO == estimate_elbo")
 
 
 def make_step(objective):
@@ -114,8 +114,8 @@ def main(argv=None) -> dict:
     train = vae_utils.load_dataset("fashion-mnist", "train", device="cpu")
     batches = list(train.batches(BATCH_SIZE, generator=torch.Generator().manual_seed(0), binarize=True))
     batches = batches[: BLOCK * ROUNDS + 2]
-    variants = {"eager": make_step(vae_elbo), "fused": make_step(fused_elbo),
-                "compiled": make_step(torch.compile(vae_elbo, dynamic=False))}
+    variants = {"eager": make_step(estimate_elbo), "fused": make_step(fused_elbo),
+                "compiled": make_step(torch.compile(estimate_elbo, dynamic=False))}
     for name, step in variants.items():
         start = time.perf_counter()
         step(batches[-1])

@@ -110,15 +110,9 @@ def data_key(train_data) -> dict:
 
 
 # ------------------------------------------------------------------------------------ saving
-def save_checkpoint(
-    path: str | os.PathLike,
-    model: VAE,
-    optimizer: torch.optim.Optimizer | None = None,
-    history: History | None = None,
-    train_config: TrainConfig | None = None,
-    metadata: dict | None = None,
-    train_data=None,
-) -> Path:
+def save_checkpoint(path: str | os.PathLike, model: VAE, optimizer: torch.optim.Optimizer | None = None,
+                    history: History | None = None, train_config: TrainConfig | None = None,
+                    metadata: dict | None = None, train_data=None) -> Path:
     """Write ``model`` (and optionally its optimizer, history, training config and free-form
     ``metadata`` of plain values) to ``path`` atomically. Parent folders are created. Tensors are
     stored on the CPU, so the file loads on any machine. Returns the path.

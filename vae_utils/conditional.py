@@ -2,8 +2,8 @@
 
     q_φ(z|x, y) = N(mu(x, y), diag exp(logvar(x, y))),   p(z) = N(0, I),   p_θ(x|z, y) = Bernoulli or Gaussian
 
-The label enters as a one-hot vector [B, K] (K = ``num_classes``), times ``label_scale``: concatenated to the
-flattened image (mlp encoder), as K constant image planes beside the pixels (conv encoder), and concatenated
+The label enters as a one-hot vector [B, num_classes], times ``label_scale``: concatenated to the
+flattened image (mlp encoder), as one constant image plane per class beside the pixels (conv encoder), and concatenated
 to z (both decoders). Everything else -- the reparameterization, the likelihoods, the ELBO and the
 importance-weighted bound -- is the plain VAE's, with y passed along (the model protocol's condition):
 
@@ -34,14 +34,15 @@ __all__ = ["ConditionalVAEConfig", "ConditionalVAE", "one_hot", "style_transfer"
 
 @dataclass
 class ConditionalVAEConfig(VAEConfig):
-    """A ``VAEConfig`` plus ``num_classes`` K (the labels are 0 .. K-1; 10 for Fashion-MNIST) and
+    """A ``VAEConfig`` plus ``num_classes`` (the labels are 0 .. num_classes-1; 10 for Fashion-MNIST) and
     ``label_scale``: the networks get the one-hot label times this number.
 
     Why a scale: Adam moves every weight by about the learning rate per step, so the first layers'
     response to the label grows ``label_scale`` times faster than with a plain one-hot. With 1 the
     networks first learn to read the class from the image (encoder) and from z (decoder), z keeps
-    the class, and the decoder then half ignores y; notebook 08 measures it. It changes the
-    optimization, not the model family. Every other field means what it means for ``VAEConfig``;
+    the class, and the decoder then half ignores y; notebook 08 measures both the mechanism (how much the
+    outputs move with y, how much class z carries) and its end effect (a classifier on conditional samples).
+    It changes the optimization, not the model family. Every other field means what it means for ``VAEConfig``;
     ``to_dict`` / ``from_dict`` include both.
     """
 
@@ -61,12 +62,12 @@ def one_hot(y: Tensor, num_classes: int) -> Tensor:
 
 
 class ConditionalVAE(VAE):
-    """A VAE whose encoder sees (x, y) and whose decoder sees (z, y); y: int64 labels [B] in 0 .. K-1.
+    """A VAE whose encoder sees (x, y) and whose decoder sees (z, y); y: int64 labels [B] in 0 .. num_classes-1.
 
     Every method of ``vu.VAE`` takes the labels as its ``y``: ``encode(x, y)``, ``decode(z, y)``,
     ``log_joint(x, z, y)``, ``sample(n, y)``, ``reconstruct(x, y)``, ``forward(x, y)``. Labels may be a
     tensor, a list, or one int for the whole batch; a wrong shape, a float dtype or a value outside
-    0 .. K-1 is refused with the fix. ``vu.fit`` and the evaluators draw (x, y) batches from the data set.
+    0 .. num_classes-1 is refused with the fix. ``vu.fit`` and the evaluators draw (x, y) batches from the data set.
     """
 
     conditional: ClassVar[bool] = True
@@ -77,8 +78,8 @@ class ConditionalVAE(VAE):
         return self.config.num_classes
 
     def build_networks(self, config: ConditionalVAEConfig) -> tuple[nn.Module, nn.Module]:
-        """The plain VAE's networks, built for the label's K extra inputs: C*H*W + K inputs (mlp) or C + K
-        channels (conv) for the encoder, d + K inputs for the decoder."""
+        """The plain VAE's networks, built for the label's extra inputs (one per class): C*H*W + num_classes inputs
+        (mlp) or C + num_classes channels (conv) for the encoder, d + num_classes inputs for the decoder."""
         c, h, w = config.image_shape
         k = config.num_classes
         shape = (1, 1, c * h * w + k) if config.architecture == "mlp" else (c + k, h, w)
@@ -87,15 +88,15 @@ class ConditionalVAE(VAE):
         return encoder, decoder
 
     def label_input(self, y: Tensor) -> Tensor:
-        """What the networks get for labels y: [...]: ``label_scale * one_hot(y)``, [..., K]."""
+        """What the networks get for labels y: [...]: ``label_scale * one_hot(y)``, [..., num_classes]."""
         return one_hot(y, self.num_classes) * self.config.label_scale
 
     def posterior(self, x: Tensor, y: Tensor | None = None) -> GaussianPosterior:
         """q_φ(z|x, y) for images x: [B, C, H, W] and labels y: [B]."""
-        labels = self.label_input(y)  # [B, K]
+        labels = self.label_input(y)  # [B, num_classes]
         if self.config.architecture == "mlp":
             return GaussianPosterior(*self.encoder(torch.cat([x.flatten(1), labels], dim=1)))
-        planes = labels[:, :, None, None].expand(-1, -1, *x.shape[2:])  # K constant image planes
+        planes = labels[:, :, None, None].expand(-1, -1, *x.shape[2:])  # one constant image plane per class
         return GaussianPosterior(*self.encoder(torch.cat([x, planes], dim=1)))
 
     def decoder_output(self, z: Tensor, y: Tensor | None = None) -> Tensor:
@@ -110,7 +111,7 @@ class ConditionalVAE(VAE):
 def style_transfer(model: ConditionalVAE, x: Tensor, y: Any, targets: Any = None) -> Tensor:
     """Encode x with its own labels y, decode the posterior mean with each target label.
 
-    x: [B, C, H, W]; y: [B]; targets: [T] labels (None: all K classes). Returns mean images
+    x: [B, C, H, W]; y: [B]; targets: [T] labels (None: every class). Returns mean images
     [B, T, C, H, W]: row b is image b's code ("style") drawn as every target class.
     """
     targets = list(range(model.num_classes)) if targets is None else targets
@@ -124,13 +125,13 @@ def style_transfer(model: ConditionalVAE, x: Tensor, y: Any, targets: Any = None
 
 @torch.no_grad()
 def log_class_posterior(model: ConditionalVAE, x: Tensor, k: int = 100, seed: int = 0, progress: bool = True) -> Tensor:
-    """The CVAE as a classifier (Bayes' rule with a uniform prior p(y) = 1/K over the K classes):
+    """The CVAE as a classifier (Bayes' rule with a uniform prior p(y) over the num_classes classes):
 
         log p(y|x) = log p_θ(x|y) - logsumexp_y' log p_θ(x|y'),
 
-    each log p_θ(x|y) an importance-weighted estimate with k samples (``vu.estimate_log_likelihood`` in batches
-    of 100 images, the same ``seed`` for every label). x: [N, C, H, W] in [0, 1] (binary for a Bernoulli model). Returns [N, K] on the
-    CPU; ``.argmax(1)`` is the predicted class.
+    each log p_θ(x|y) an importance-weighted estimate with k samples (``vu.estimate_log_likelihood``, the same
+    ``seed`` for every label). x: [N, C, H, W] in [0, 1] (binary for a Bernoulli model). Returns
+    [N, num_classes] on the CPU; ``.argmax(1)`` is the predicted class.
     """
     n = x.shape[0] if isinstance(x, Tensor) else 0
     labels = range(model.num_classes)
@@ -138,6 +139,6 @@ def log_class_posterior(model: ConditionalVAE, x: Tensor, k: int = 100, seed: in
         from tqdm.auto import tqdm
 
         labels = tqdm(labels, desc="log p(x|y) for each label y", unit="label")
-    columns = [estimate_log_likelihood(model, (x, torch.full((n,), label, dtype=torch.long)), k=k, batch_size=100,
-                                       seed=seed, progress=False) for label in labels]
+    columns = [estimate_log_likelihood(model, (x, torch.full((n,), label, dtype=torch.long)), k=k, seed=seed,
+                                       progress=False) for label in labels]
     return torch.stack(columns, dim=1).log_softmax(dim=1)

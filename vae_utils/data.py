@@ -173,15 +173,9 @@ class ImageDataset:
             )
         return index
 
-    def batches(
-        self,
-        batch_size: int,
-        shuffle: bool = True,
-        generator: torch.Generator | None = None,
-        binarize: bool = False,
-        drop_last: bool = False,
-        labels: bool = False,
-    ) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None,
+                binarize: bool = False, drop_last: bool = False,
+                labels: bool = False) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``x: float32 [B, 1, 28, 28]`` in [0, 1], one pass over the data set; with ``labels=True``
         the pairs ``(x, y)`` with ``y: int64 [B]`` (a conditional model's batches).
 
@@ -253,13 +247,8 @@ def _generator_on(device: torch.device, generator: torch.Generator | None) -> to
 
 # ------------------------------------------------------------------------------ finding and loading the files
 
-def load_dataset(
-    name: str = "fashion-mnist",
-    split: str = "train",
-    root: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-    download: bool | None = None,
-) -> ImageDataset:
+def load_dataset(name: str = "fashion-mnist", split: str = "train", root: str | os.PathLike | None = None,
+                 device: str | torch.device | None = None, download: bool | None = None) -> ImageDataset:
     """Load Fashion-MNIST or MNIST as an :class:`ImageDataset` on ``device``.
 
     Args:
@@ -350,9 +339,8 @@ def _candidate_dirs(name: str, root: str | os.PathLike | None) -> list[Path]:
     return unique
 
 
-def _find_split(
-    name: str, split: str, root: str | os.PathLike | None, searched: list[Path]
-) -> tuple[Path, Path] | None:
+def _find_split(name: str, split: str, root: str | os.PathLike | None,
+                searched: list[Path]) -> tuple[Path, Path] | None:
     prefix = _SPLIT_PREFIX[split]
     for folder in _candidate_dirs(name, root):
         searched.append(folder)
@@ -420,9 +408,8 @@ def _remove_empty_dirs(folder: Path) -> None:
         folder.rmdir()
 
 
-def _not_found_message(
-    name: str, split: str, searched: list[Path], download: bool | None, download_error: str | None
-) -> str:
+def _not_found_message(name: str, split: str, searched: list[Path], download: bool | None,
+                       download_error: str | None) -> str:
     prefix = _SPLIT_PREFIX[split]
     files = f"{prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz]"
     looked = "\n".join(f"  - {folder}" for folder in searched)

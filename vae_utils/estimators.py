@@ -76,14 +76,9 @@ def gaussian_score(z: Tensor, mu: Tensor, logvar: Tensor) -> GradientSamples:
     return GradientSamples((z - mu) * inv_var, 0.5 * ((z - mu) ** 2 * inv_var - 1.0))
 
 
-def score_function_gradient(
-    f: Objective,
-    mu: Tensor,
-    logvar: Tensor,
-    n_samples: int,
-    generator: torch.Generator | None = None,
-    baseline: float | Tensor = 0.0,
-) -> GradientSamples:
+def score_function_gradient(f: Objective, mu: Tensor, logvar: Tensor, n_samples: int,
+                            generator: torch.Generator | None = None,
+                            baseline: float | Tensor = 0.0) -> GradientSamples:
     """Score-function (REINFORCE) estimates of grad_(mu, logvar) E_{N(mu, diag exp(logvar))}[f(z)], one per sample.
 
     f: z [S, ..., d] -> [S, ...] (values only; no gradient of f is used).
@@ -101,13 +96,8 @@ def score_function_gradient(
     return GradientSamples(centred * score.mu, centred * score.logvar)
 
 
-def reparameterization_gradient(
-    f: Objective,
-    mu: Tensor,
-    logvar: Tensor,
-    n_samples: int,
-    generator: torch.Generator | None = None,
-) -> GradientSamples:
+def reparameterization_gradient(f: Objective, mu: Tensor, logvar: Tensor, n_samples: int,
+                                generator: torch.Generator | None = None) -> GradientSamples:
     """Reparameterized (pathwise) estimates of grad_(mu, logvar) E_{N(mu, diag exp(logvar))}[f(z)], one per sample.
 
     z = mu + sigma * eps, sigma = exp(logvar / 2), eps ~ N(0, I). f: z [S, ..., d] -> [S, ...], differentiable,
@@ -124,13 +114,8 @@ def reparameterization_gradient(
     return GradientSamples(grad_z, grad_z * sigma * eps * 0.5)
 
 
-def optimal_baseline(
-    f: Objective,
-    mu: Tensor,
-    logvar: Tensor,
-    n_samples: int,
-    generator: torch.Generator | None = None,
-) -> Tensor:
+def optimal_baseline(f: Objective, mu: Tensor, logvar: Tensor, n_samples: int,
+                     generator: torch.Generator | None = None) -> Tensor:
     """Monte Carlo estimate of the constant b minimizing the per-sample variance of the d/dmu score estimator.
 
     For coordinate j with score s_j = d/dmu_j log q:  b*_j = E_q[f s_j^2] / E_q[s_j^2].

@@ -93,7 +93,8 @@ def _checked(caller: str, model: nn.Module, data: Data, batch_size: Any) -> int:
 
 @torch.no_grad()
 def evaluate_elbo(model: nn.Module, data: Data, batch_size: int = 1000,
-                  binarize_seed: int | None = EVAL_BINARIZE_SEED, seed: int = 0, n_samples: int = 1) -> dict[str, float]:
+                  binarize_seed: int | None = EVAL_BINARIZE_SEED, seed: int = 0,
+                  n_samples: int = 1) -> dict[str, float]:
     """The ELBO of ``model`` on ``data``: means over examples of the per-example ELBO (beta = 1),
     reconstruction E_q log p_θ(x|z) and KL(q_φ(z|x) || p(z)) (Monte Carlo for a flow), in nats.
 

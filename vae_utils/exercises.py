@@ -191,7 +191,7 @@ def _encoder_difference(outputs: tuple[Tensor, Tensor], library: dict[str, nn.Li
     want_mu, want_logvar = _library_encoder_outputs(library, x, relu=True)
     if _close(mu, want_mu):
         if _close(logvar, 0.5 * want_logvar):
-            return "logvar is half the head's output: that is log sigma; the head gives log sigma^2, return it unchanged"
+            return "logvar is half the head's output, that is log sigma: return the head's log sigma^2 unchanged"
         if _close(logvar, want_logvar.exp()) or _close(logvar, (0.5 * want_logvar).exp()):
             return "your second output is sigma^2 or sigma; return log sigma^2, the head's output, unchanged"
         return "mu is right but logvar is not: return the logvar head's output unchanged"
@@ -227,7 +227,7 @@ def _decoder_body(decoder_class, latent_dim: int, hidden: int) -> str:
         raise Fault(_decoder_difference(got.detach(), want[0], vae, z[0]))
     _keeps_leading_dimensions(decoder, z, want)
     _gradient_reaches_every_layer(decoder, _call(decoder, "Decoder", z[0]).sum(), "the decoder")
-    return "on the library's weights it gives the library's logits, for z [B, d] and [S, B, d], and gradients reach every layer."
+    return "on the library's weights it gives its logits, for z [B, d] and [S, B, d]; gradients reach every layer."
 
 
 def _keeps_leading_dimensions(decoder: nn.Module, z: Tensor, want: Tensor) -> None:

@@ -24,7 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["writable_target", "write_atomically", "remove_stale_temp_files", "host_tag", "os_error", "STALE_TEMP_SECONDS"]
+__all__ = ["writable_target", "write_atomically", "remove_stale_temp_files", "host_tag", "os_error",
+           "STALE_TEMP_SECONDS"]
 
 # Temporary files: ".<target name>.saving-<host hash>-<pid>-<random>.tmp" next to the target.
 _TEMP_PATTERN = re.compile(r"^\.(?P<target>.*)\.saving-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")

@@ -284,15 +284,8 @@ class FlowVAE(VAE):
 
 
 # --------------------------------------------------------------------------- flows on a known density
-def fit_to_density(
-    log_density: Callable[[Tensor], Tensor],
-    dim: int,
-    config: FlowConfig,
-    iterations: int = 500,
-    n_samples: int = 256,
-    lr: float = 1e-2,
-    seed: int = 0,
-) -> tuple[nn.Module, list[float]]:
+def fit_to_density(log_density: Callable[[Tensor], Tensor], dim: int, config: FlowConfig, iterations: int = 500,
+                   n_samples: int = 256, lr: float = 1e-2, seed: int = 0) -> tuple[nn.Module, list[float]]:
     """Fit q = (learned Gaussian, then a flow without context) to a target density by maximizing
     E_q[log_density(z) - log q(z)] (the ELBO; equal to -KL(q || p) when the target is normalized).
 
@@ -310,7 +303,7 @@ def fit_to_density(
         optimizer.zero_grad()
         (-elbo).backward()
         optimizer.step()
-        history.append(float(elbo))
+        history.append(elbo.item())
     return q, history
 
 

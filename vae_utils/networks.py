@@ -39,9 +39,7 @@ def _mlp(widths: list[int]) -> list[nn.Module]:
     return layers
 
 
-def conv_feature_shape(
-    image_shape: tuple[int, int, int], channels: tuple[int, ...]
-) -> tuple[int, int, int]:
+def conv_feature_shape(image_shape: tuple[int, int, int], channels: tuple[int, ...]) -> tuple[int, int, int]:
     """Shape [C', H', W'] after the conv encoder: each layer halves H and W (stride 2).
 
     Raises ValueError when H or W is not divisible by 2**len(channels), since the transposed
@@ -65,9 +63,8 @@ def conv_feature_shape(
     return channels[-1], height // factor, width // factor
 
 
-def build_encoder(
-    architecture: str, image_shape: tuple[int, int, int], hidden_dims: tuple[int, ...], latent_dim: int
-) -> GaussianEncoder:
+def build_encoder(architecture: str, image_shape: tuple[int, int, int], hidden_dims: tuple[int, ...],
+                  latent_dim: int) -> GaussianEncoder:
     """The encoder network for q(z|x).
 
     mlp: flatten -> [Linear, ReLU] per hidden width -> mu, logvar heads (784-400-20 by default).
@@ -88,9 +85,8 @@ def build_encoder(
     raise ValueError(f"unknown architecture {architecture!r}; use 'mlp' or 'conv'")
 
 
-def build_decoder(
-    architecture: str, image_shape: tuple[int, int, int], hidden_dims: tuple[int, ...], latent_dim: int
-) -> nn.Sequential:
+def build_decoder(architecture: str, image_shape: tuple[int, int, int], hidden_dims: tuple[int, ...],
+                  latent_dim: int) -> nn.Sequential:
     """The decoder network for p(x|z): z [N, d] -> per-pixel parameters [N, C, H, W].
 
     Mirrors the encoder. mlp: [Linear, ReLU] per hidden width (reversed) -> Linear to C*H*W.

@@ -8,7 +8,8 @@ Pure functions on tensors. Conventions (all values in nats):
 * a Gaussian is parameterized by its mean `mu` and log-variance `logvar` (diagonal covariance).
 
 A model is anything with the protocol of ``vu.VAE`` (``FlowVAE`` and ``ConditionalVAE`` follow it too):
-``posterior(x, y=None)`` (q_φ(z|x), a distribution with ``rsample``, ``log_prob`` and ``kl_to_prior``), ``decoder_output(z, y=None)``, ``log_likelihood(x, decoded)`` and ``log_joint(x, z, y=None)``.
+``posterior(x, y=None)`` (q_φ(z|x), a distribution with ``rsample``, ``log_prob`` and ``kl_to_prior``),
+``decoder_output(z, y=None)``, ``log_likelihood(x, decoded)`` and ``log_joint(x, z, y=None)``.
 A batch is images ``x: [B, C, H, W]``, or an ``(x, y)`` pair with labels ``y: [B]`` for a conditional model.
 The estimators on explicit Gaussians (``elbo_monte_carlo``, ``importance_weighted_bound``) need only
 ``log_joint(x: [B, ...], z: [S, B, d]) -> [S, B]``, so the toy models work with them too.

@@ -21,22 +21,11 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = [
-    "image_grid",
-    "show_images",
-    "plot_history",
-    "LiveLossPlot",
-    "plot_latent_scatter",
-    "latent_grid",
-    "plot_latent_manifold",
-    "plot_latent_traversal",
-    "plot_kl_per_dim",
-]
+__all__ = ["image_grid", "show_images", "plot_history", "LiveLossPlot", "plot_latent_scatter", "latent_grid",
+           "plot_latent_manifold", "plot_latent_traversal", "plot_kl_per_dim"]
 
 
 # ----------------------------------------------------------------------------- image grids
-
-
 def _as_image_batch(images: torch.Tensor) -> torch.Tensor:
     """Validate and return images as a float CPU tensor [N, C, H, W] clamped to [0, 1]."""
     if not isinstance(images, torch.Tensor):
@@ -50,9 +39,8 @@ def _as_image_batch(images: torch.Tensor) -> torch.Tensor:
             fix = "these look like flattened images: reshape them, e.g. x.view(-1, 1, 28, 28) for 28x28 grey images"
         else:
             fix = "pass a batch of grey (C = 1) or colour (C = 3) images"
-        raise ValueError(
-            f"expected images of shape [N, C, H, W] with C = 1 or 3 (or [N, H, W]), got {tuple(images.shape)}; {fix}"
-        )
+        raise ValueError(f"expected images of shape [N, C, H, W] with C = 1 or 3 (or [N, H, W]), got "
+                         f"{tuple(images.shape)}; {fix}")
     scale = 255.0 if images.dtype == torch.uint8 else 1.0  # raw uint8 pixels from ImageDataset.images
     images = images.detach().to("cpu", torch.float32) / scale
     _check_pixel_values(images)
@@ -65,16 +53,12 @@ def _check_pixel_values(images: torch.Tensor) -> None:
     if images.numel() == 0:
         return
     if not bool(torch.isfinite(images).all()):
-        raise ValueError(
-            "the images hold NaN or infinite values (a model whose training diverged decodes to NaN); "
-            "find them with torch.isnan(x).nonzero()"
-        )
+        raise ValueError("the images hold NaN or infinite values (a model whose training diverged decodes to NaN); "
+                         "find them with torch.isnan(x).nonzero()")
     high = float(images.max())
     if high > 1.0 and bool((images == images.round()).all()):
-        raise ValueError(
-            f"the images are whole numbers up to {high:g}: these look like 0..255 pixels; divide by 255 "
-            "(x / 255), or pass the uint8 tensor itself"
-        )
+        raise ValueError(f"the images are whole numbers up to {high:g}: these look like 0..255 pixels; divide by "
+                         "255 (x / 255), or pass the uint8 tensor itself")
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
@@ -97,14 +81,8 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2, 
     return grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
 
 
-def show_images(
-    images: torch.Tensor,
-    nrow: int | None = None,
-    title: str | None = None,
-    ax: Axes | None = None,
-    padding: int = 2,
-    size_per_image: float = 0.8,
-) -> Figure:
+def show_images(images: torch.Tensor, nrow: int | None = None, title: str | None = None, ax: Axes | None = None,
+                padding: int = 2, size_per_image: float = 0.8) -> Figure:
     """Show a batch of images as one grid.
 
     images: [N, C, H, W] (or [N, H, W]) in [0, 1]; nrow: images per row (default about sqrt(N)).
@@ -229,16 +207,8 @@ class LiveLossPlot:
 
 
 # ----------------------------------------------------------------------------- latent space
-
-
-def plot_latent_scatter(
-    codes: torch.Tensor,
-    labels: torch.Tensor,
-    class_names: Sequence[str] | None = None,
-    ax: Axes | None = None,
-    point_size: float = 3.0,
-    alpha: float = 0.6,
-) -> Figure:
+def plot_latent_scatter(codes: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str] | None = None,
+                        ax: Axes | None = None, point_size: float = 3.0, alpha: float = 0.6) -> Figure:
     """Scatter 2-D latent codes coloured by class, one legend entry per class name.
 
     codes: [N, 2] (e.g. encoder means); labels: int [N]; class_names: name of class i at index i.
@@ -247,10 +217,8 @@ def plot_latent_scatter(
     codes = torch.as_tensor(codes).detach().to("cpu", torch.float32)
     labels = torch.as_tensor(labels).detach().to("cpu").long()
     if codes.dim() != 2 or codes.shape[1] != 2:
-        raise ValueError(
-            f"plot_latent_scatter needs codes of shape [N, 2], got {tuple(codes.shape)}; "
-            "train a model with latent_dim=2 or project the codes to 2-D first"
-        )
+        raise ValueError(f"plot_latent_scatter needs codes of shape [N, 2], got {tuple(codes.shape)}; "
+                         "train a model with latent_dim=2 or project the codes to 2-D first")
     if labels.shape != codes.shape[:1]:
         raise ValueError(f"labels must have shape [{codes.shape[0]}] to match the codes, got {tuple(labels.shape)}")
     if ax is None:
@@ -289,15 +257,9 @@ def latent_grid(grid_size: int = 15, span: float = 3.0, quantiles: bool = True) 
 
 
 @torch.no_grad()
-def plot_latent_manifold(
-    model: torch.nn.Module,
-    grid_size: int = 15,
-    span: float = 3.0,
-    quantiles: bool = True,
-    dims: tuple[int, int] = (0, 1),
-    base: torch.Tensor | None = None,
-    ax: Axes | None = None,
-) -> Figure:
+def plot_latent_manifold(model: torch.nn.Module, grid_size: int = 15, span: float = 3.0, quantiles: bool = True,
+                         dims: tuple[int, int] = (0, 1), base: torch.Tensor | None = None,
+                         ax: Axes | None = None) -> Figure:
     """Decode a grid over two latent dimensions and show the images where they sit.
 
     For a 2-D latent this is the whole learned manifold. With more dimensions, ``dims`` picks the
@@ -333,13 +295,8 @@ def plot_latent_manifold(
 
 
 @torch.no_grad()
-def plot_latent_traversal(
-    model: torch.nn.Module,
-    z: torch.Tensor | None = None,
-    dims: Sequence[int] | None = None,
-    values: torch.Tensor | None = None,
-    labels: Sequence[str] | None = None,
-) -> Figure:
+def plot_latent_traversal(model: torch.nn.Module, z: torch.Tensor | None = None, dims: Sequence[int] | None = None,
+                          values: torch.Tensor | None = None, labels: Sequence[str] | None = None) -> Figure:
     """Vary one latent dimension at a time around ``z`` with the others fixed.
 
     z: [d] starting code (default 0); dims: dimensions to traverse (rows; default all);
@@ -370,11 +327,8 @@ def plot_latent_traversal(
     return fig
 
 
-def plot_kl_per_dim(
-    kl_per_dim: torch.Tensor | Mapping[str, torch.Tensor],
-    threshold: float | None = 0.01,
-    ax: Axes | None = None,
-) -> Figure:
+def plot_kl_per_dim(kl_per_dim: torch.Tensor | Mapping[str, torch.Tensor], threshold: float | None = 0.01,
+                    ax: Axes | None = None) -> Figure:
     """Bar chart of the average KL(q(z_j|x) || p(z_j)) per latent dimension j, in nats.
 
     kl_per_dim: [d] (averaged over data), or a mapping label -> [d] for grouped bars (e.g. one per beta).

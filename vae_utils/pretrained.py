@@ -1,10 +1,11 @@
 """The series' default model, trained once and shipped with the package (weights only, about 2.6 MB).
 
-Notebook 04 trains this model in front of the reader. Notebooks 05 and 06 reuse it; on a fresh Binder or
-Colab session where 04 has not run, ``vu.tutorial.default_model`` starts from the shipped file instead of
-training again for minutes (this module builds on ``vu.tutorial``, never the other way round). The file is an ordinary ``save_checkpoint`` file (``weights_only`` loading,
-no optimizer state) with the model and training configs and the training set's name and size, so
-``load_or_train`` accepts it only for exactly the run that produced it.
+Notebook 04 trains this model in front of the reader. Notebooks 05 and 06 reuse it; on a fresh Binder or Colab
+session where 04 has not run, ``vu.tutorial.default_model`` starts from the shipped file instead of training
+again for minutes (this module builds on ``vu.tutorial``, never the other way round). The file is an ordinary
+``save_checkpoint`` file (``weights_only`` loading, no optimizer state) with the model and training configs
+and the training set's name and size, so ``load_or_train`` accepts it only for exactly the run that produced
+it.
 
     python -m vae_utils.pretrained            # rebuild the file: train the full-setting model, record its test ELBO
     python -m vae_utils.pretrained --check    # load it and compare its test ELBO with the recorded value

@@ -51,19 +51,9 @@ def elbo_with_noise(model, x: Tensor, mu: Tensor, logvar: Tensor, eps: Tensor, c
     return total / eps.shape[0]
 
 
-def refine(
-    model,
-    x: Tensor,
-    mu: Tensor | None = None,
-    logvar: Tensor | None = None,
-    steps: int = 50,
-    lr: float = 1e-2,
-    n_samples: int = 16,
-    eval_samples: int = 100,
-    optimizer: str = "adam",
-    seed: int = 0,
-    progress: bool = False,
-) -> Refinement:
+def refine(model, x: Tensor, mu: Tensor | None = None, logvar: Tensor | None = None, steps: int = 50,
+           lr: float = 1e-2, n_samples: int = 16, eval_samples: int = 100, optimizer: str = "adam", seed: int = 0,
+           progress: bool = False) -> Refinement:
     """Per-image gradient ascent on the ELBO from the encoder's q (semi-amortized inference).
 
     model: a VAE (or anything with ``log_joint``; with ``mu``/``logvar`` None it also needs ``encode``).

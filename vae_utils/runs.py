@@ -69,18 +69,9 @@ def find_run(path: str | os.PathLike, model_config: VAEConfig, train_config: Tra
     return FitResult(model, checkpoint.history or History(), optimizer, False)
 
 
-def load_or_train(
-    path: str | os.PathLike,
-    model_config: VAEConfig,
-    train_config: TrainConfig,
-    train_data,
-    test_data=None,
-    progress: bool = True,
-    callback=None,
-    *,
-    metadata: dict | None = None,
-    overwrite: bool = True,
-) -> FitResult:
+def load_or_train(path: str | os.PathLike, model_config: VAEConfig, train_config: TrainConfig, train_data,
+                  test_data=None, progress: bool = True, callback=None, *, metadata: dict | None = None,
+                  overwrite: bool = True) -> FitResult:
     """Load the model at ``path`` if it was trained with the same ``model_config`` (a ``VAEConfig``,
     ``FlowVAEConfig`` or ``ConditionalVAEConfig``) and ``train_config`` (the device, cuda_graph and compile
     aside) on the same training data (its name and size); otherwise train the model the config is for with

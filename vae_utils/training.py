@@ -283,7 +283,8 @@ def _check_data(name: str, data: Any, model: nn.Module) -> None:
                          f"for image_shape={expected}; use matching data or build VAE(VAEConfig(image_shape=...)).")
     if model.conditional and int(data.labels.max()) >= model.config.num_classes:
         raise ValueError(f"fit: {name} has labels up to {int(data.labels.max())}, but the model was built for "
-                         f"num_classes={model.config.num_classes}; build it with num_classes={int(data.labels.max()) + 1}.")
+                         f"num_classes={model.config.num_classes}; build it with "
+                         f"num_classes={int(data.labels.max()) + 1}.")
 
 
 class _FitObjective:

@@ -189,7 +189,8 @@ def check_labels(y: Any, num_classes: int, shape: tuple[int, ...], device: torch
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise TypeError(f"{caller}: labels must be integer class indices, got dtype {y.dtype}; use y.long()")
     if tuple(y.shape) != tuple(shape):
-        raise ValueError(f"{caller}: expected labels of shape {list(shape)} (one per image or code), got {list(y.shape)}")
+        raise ValueError(f"{caller}: expected labels of shape {list(shape)} (one per image or code), "
+                         f"got {list(y.shape)}")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ValueError(f"{caller}: labels must be in 0 .. {num_classes - 1} (num_classes={num_classes}), got values "
                          f"from {int(y.min())} to {int(y.max())}")

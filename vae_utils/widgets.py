@@ -30,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image as PILImage
 from PIL import features as PILFeatures
 
+from .plotting import image_grid
 from .validation import check_images
 
 __all__ = ["LiveFigure", "connect_controls", "LatentExplorer", "InterpolationExplorer", "latent_explorer",
@@ -240,7 +241,8 @@ class LatentExplorer(widgets.VBox):
         return bytes(self.image.value)
 
 
-def interpolate_codes(z_a: torch.Tensor, z_b: torch.Tensor, alpha: float | torch.Tensor, method: str = "linear") -> torch.Tensor:
+def interpolate_codes(z_a: torch.Tensor, z_b: torch.Tensor, alpha: float | torch.Tensor,
+                      method: str = "linear") -> torch.Tensor:
     """Points between codes z_a and z_b ([..., d]) at fraction alpha in [0, 1] (scalar or [n] -> [n, ..., d]).
 
     "linear": (1 - alpha) z_a + alpha z_b. "spherical" (slerp): along the great circle, keeping the norm
@@ -361,12 +363,12 @@ def class_explorer(model: torch.nn.Module, classes: list[str] | None = None, dim
 def style_explorer(model: torch.nn.Module, x: torch.Tensor, y, classes: list[str] | None = None,
                    scale: int = 3) -> widgets.VBox:
     """Pick one of the images x [B, C, H, W] (labels y [B]) with a Dropdown; shows it and its code (the
-    posterior mean of q_φ(z|x, y)) decoded with each of the K labels (``vu.conditional.style_transfer``).
+    posterior mean of q_φ(z|x, y)) decoded with each label (``vu.conditional.style_transfer``).
     Returns a VBox with attributes ``picker``, ``image`` and ``update()``."""
     from .conditional import style_transfer
 
     classes = classes or [str(k) for k in range(model.config.num_classes)]
-    rows = style_transfer(model, x, y).cpu()  # [B, K, C, H, W]
+    rows = style_transfer(model, x, y).cpu()  # [B, num_classes, C, H, W]
     labels = torch.as_tensor(y).tolist()
     picker = widgets.Dropdown(options=[(f"test image {i} ({classes[c]})", i) for i, c in enumerate(labels)],
                               value=0, description="image")
@@ -374,8 +376,8 @@ def style_explorer(model: torch.nn.Module, x: torch.Tensor, y, classes: list[str
 
     def update(_=None):
         i = picker.value
-        row = torch.cat([x[i : i + 1].cpu(), torch.ones_like(x[i : i + 1].cpu()), rows[i]])  # [2 + K, C, H, W]
-        image.value = image_to_png(torch.cat([*row.unbind()], dim=-1), scale)  # side by side
+        row = torch.cat([x[i : i + 1].cpu(), torch.ones_like(x[i : i + 1].cpu()), rows[i]])  # [2 + classes, C, H, W]
+        image.value = image_to_png(torch.from_numpy(image_grid(row, nrow=len(row), padding=1)), scale)
 
     picker.observe(update, names="value")
     update()
