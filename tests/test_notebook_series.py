@@ -484,6 +484,8 @@ NOTATION_BREACHES = [
     (re.compile(r"(?<![\\\w])p\s*\(\s*z\s*(?:\\mid|\||,)"), "p(z | x) without its parameter: write p_\\theta(z \\mid x)"),
     (re.compile(r"\\sigma\s*\(|\\sigma\s*\\left\s*\("), "\\sigma(...) as a function: the sigmoid is \\mathrm{sigmoid}; \\sigma is a standard deviation"),
     (re.compile(r"\\sum_\{?\s*l\s*=\s*1\s*\}?\^\{?\s*L\b|\\frac\{1\}\{L\}"), "L as a sample count collides with the bound \\mathcal{L}: use S (Monte Carlo) or K (importance)"),
+    (re.compile(r"\\mathcal\{L\}_(?!\{?\s*[0-9K])"), "a subscript on \\mathcal{L} only ever means the number of importance samples K"),
+    (re.compile(r"\\varepsilon"), "the noise is \\epsilon in this series, not \\varepsilon"),
 ]
 
 
@@ -509,6 +511,15 @@ def notation_breaches(nb, rules) -> list[str]:
 def test_markdown_math_keeps_the_notation_contract(path):
     breaches = notation_breaches(read(path), NOTATION_BREACHES)
     assert not breaches, f"{path.name} breaks 00's notation table:\n" + "\n".join(breaches)
+
+
+@pytest.mark.parametrize("formula, breaks", [
+    (r"\mathcal{L}_K \le \mathcal{L}_{K+1}", False), (r"\mathcal{L}_{50} - \mathcal{L}_1", False),
+    (r"\mathcal{L}_\beta", True), (r"\mathcal{L}_{\text{IW}}", True),
+    (r"z = \mu + \sigma \odot \epsilon", False), (r"z = \mu + \sigma \odot \varepsilon", True),
+])
+def test_the_notation_rules_catch_what_they_name(formula, breaks):
+    assert any(pattern.search(formula) for pattern, _ in NOTATION_BREACHES) == breaks, formula
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in APPENDICES])
