@@ -1,11 +1,6 @@
-"""Every model class of the library by name: what a checkpoint records and ``load_or_train`` builds.
-
-    build_model(VAEConfig(...))             -> a VAE
-    build_model(FlowVAEConfig(...))         -> a FlowVAE
-    build_model(ConditionalVAEConfig(...))  -> a ConditionalVAE
-
-The extensions' modules are named here, not imported: a model class is looked up when a checkpoint or a
-config asks for it, so the core (this module, the checkpoints, ``load_or_train``) imports no extension.
+"""Every model class of the library by name: what a checkpoint records and ``load_or_train`` builds
+(``build_model(FlowVAEConfig(...))`` is a FlowVAE). The extensions' modules are named here, not imported: a class
+is looked up when a checkpoint or a config asks for it, so the core imports no extension.
 """
 
 from __future__ import annotations
