@@ -61,7 +61,7 @@ def test_default_model_starts_from_the_shipped_run_only_for_the_full_setting(tmp
     full.checkpoint.write_bytes(b"a run of the reader's own")  # never replaced by the shipped file
     trained = []
     monkeypatch.setattr(vu.runs, "fit", lambda *args, **kwargs: trained.append(args) or pytest.skip("would train"))
-    with pytest.raises(pytest.skip.Exception):
+    with pytest.raises(pytest.skip.Exception), pytest.warns(UserWarning, match="Training again"):
         vu.tutorial.default_model(full, train, progress=False)  # unreadable: trained again, not copied over
     assert trained and full.checkpoint.read_bytes() == b"a run of the reader's own"
     trained.clear()
